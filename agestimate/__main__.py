@@ -1,0 +1,5 @@
+"""`python -m agestimate` runs the `agestimate` command."""
+
+from agestimate.cli.main import cli
+
+cli()

@@ -1,0 +1,303 @@
+"""The embedding store: a durable SQLite record of images, faces, labels and embeddings,
+with a FAISS index over the embeddings that is rebuilt from the record whenever it is
+missing, damaged or stale.
+
+Every image is committed in its own transaction, so a store killed at any moment reopens
+consistent: an image is either wholly in the record or not at all. Images are keyed by the
+SHA-256 of their bytes, so renamed or copied files are embedded once. The record is bound to
+the SHA-256 of the embedding model: opening it with another model is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from .errors import StoreError
+from .faces import EMBEDDING_DIM, FaceDetection
+from .labels import FaceLabel
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+DATABASE = "store.sqlite"
+INDEX = "index.faiss"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS images (
+    sha256 TEXT PRIMARY KEY, width INTEGER, height INTEGER, n_faces INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS files (
+    path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, sha256 TEXT,
+    status TEXT NOT NULL CHECK (status IN ('embedded', 'no_face', 'error')),
+    kind TEXT, reason TEXT);
+CREATE TABLE IF NOT EXISTS faces (
+    id INTEGER PRIMARY KEY, sha256 TEXT NOT NULL REFERENCES images(sha256), face_index INTEGER NOT NULL,
+    box BLOB NOT NULL, landmarks BLOB NOT NULL, score REAL NOT NULL, method TEXT NOT NULL,
+    embedding BLOB NOT NULL, UNIQUE (sha256, face_index));
+CREATE TABLE IF NOT EXISTS labels (
+    sha256 TEXT PRIMARY KEY, age REAL, gender INTEGER, race INTEGER, person TEXT, split TEXT,
+    extra TEXT, source TEXT);
+"""
+
+
+@dataclass(frozen=True)
+class FaceRecords:
+    """Faces of a store as parallel arrays, one row per face (see `EmbeddingStore.faces`).
+
+    Unknown labels are NaN (age) or -1 (gender, race); person and split are '' when unknown.
+    """
+
+    face_id: np.ndarray
+    sha256: np.ndarray
+    path: np.ndarray
+    face_index: np.ndarray
+    embedding: np.ndarray
+    score: np.ndarray
+    method: np.ndarray
+    age: np.ndarray
+    gender: np.ndarray
+    race: np.ndarray
+    person: np.ndarray
+    split: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.face_id)
+
+    def subset(self, mask) -> FaceRecords:
+        return FaceRecords(**{name: value[mask] for name, value in vars(self).items()})
+
+
+class EmbeddingStore:
+    """A folder holding `store.sqlite` (the record) and `index.faiss` (the search index).
+
+    Parameters
+    ----------
+    path : the store folder.
+    model_sha256 : SHA-256 of the embedding model; required to create, checked when opening.
+    create : create the store if it does not exist.
+    """
+
+    def __init__(self, path: str | Path, *, model_sha256: str | None = None, create: bool = False):
+        self.path = Path(path)
+        database = self.path / DATABASE
+        if not database.is_file():
+            if not create:
+                raise StoreError(f"{self.path}: no embedding store here (no {DATABASE}); create one with `agestimate embed`")
+            if model_sha256 is None:
+                raise ValueError("model_sha256 is needed to create a store")
+            self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(database, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(SCHEMA)
+            meta = dict(self._db.execute("SELECT key, value FROM meta"))
+        except sqlite3.DatabaseError as error:
+            raise StoreError(f"{database}: not a readable store database ({error})") from error
+        if not meta:
+            meta = {"schema_version": str(SCHEMA_VERSION), "model_sha256": model_sha256, "dim": str(EMBEDDING_DIM)}
+            with self._db:
+                self._db.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
+        if meta.get("schema_version") != str(SCHEMA_VERSION):
+            raise StoreError(f"{self.path}: store schema version {meta.get('schema_version')}, this agestimate reads {SCHEMA_VERSION}")
+        if model_sha256 is not None and meta["model_sha256"] != model_sha256:
+            raise StoreError(
+                f"{self.path}: store was made with the embedding model {meta['model_sha256']}, "
+                f"not {model_sha256}; use a new store folder for this model"
+            )
+        self.model_sha256 = meta["model_sha256"]
+        self.dim = int(meta["dim"])
+        self.index = self._load_index()
+
+    # -- the FAISS index -------------------------------------------------------------------
+    def _new_index(self) -> faiss.IndexIDMap2:
+        return faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
+
+    def _load_index(self) -> faiss.IndexIDMap2:
+        """Read `index.faiss` if it agrees with the record (same ids, same vectors), else rebuild it."""
+        ids, vectors = self._all_embeddings()
+        index_file = self.path / INDEX
+        problem = None
+        if not index_file.exists():
+            problem = "missing" if len(ids) else None
+        else:
+            try:
+                index = faiss.read_index(str(index_file))
+                stored_ids = faiss.vector_to_array(index.id_map)
+                if not np.array_equal(stored_ids, ids):
+                    problem = f"holds {len(stored_ids)} faces, the record {len(ids)}"
+                elif len(ids) and not np.array_equal(index.index.reconstruct_n(0, len(ids)), vectors):
+                    problem = "vectors differ from the record"
+                else:
+                    return index
+            except RuntimeError as error:
+                problem = f"unreadable ({str(error).splitlines()[0]})"
+        if problem:
+            logger.warning("%s: index %s; rebuilding it from the record (%d faces)", index_file, problem, len(ids))
+        index = self._new_index()
+        if len(ids):
+            index.add_with_ids(vectors, ids)
+        return index
+
+    def save_index(self) -> None:
+        """Write the index atomically: a crash leaves the old file or the new one, never half."""
+        temporary = self.path / (INDEX + ".tmp")
+        faiss.write_index(self.index, str(temporary))
+        with open(temporary, "rb") as stream:
+            os.fsync(stream.fileno())
+        os.replace(temporary, self.path / INDEX)
+
+    def _all_embeddings(self) -> tuple[np.ndarray, np.ndarray]:
+        rows = self._db.execute("SELECT id, embedding FROM faces ORDER BY id").fetchall()
+        ids = np.array([row[0] for row in rows], dtype=np.int64)
+        vectors = np.frombuffer(b"".join(row[1] for row in rows), dtype=np.float32).reshape(-1, self.dim)
+        return ids, vectors
+
+    # -- writing -----------------------------------------------------------------------------
+    def file_status(self, path: Path, size: int, mtime_ns: int) -> str | None:
+        """Status of this path if it was processed with this size and modification time, else None."""
+        row = self._db.execute("SELECT size, mtime_ns, status FROM files WHERE path = ?", (str(path),)).fetchone()
+        return row[2] if row is not None and tuple(row[:2]) == (size, mtime_ns) else None
+
+    def image_faces(self, sha256: str) -> int | None:
+        """Number of faces stored for the image with this content, or None if it is not stored."""
+        row = self._db.execute("SELECT n_faces FROM images WHERE sha256 = ?", (sha256,)).fetchone()
+        return None if row is None else row[0]
+
+    def add_image(self, sha256: str, width: int, height: int, faces: list[FaceDetection], embeddings: np.ndarray) -> None:
+        """Record an image, its faces and their embeddings in one transaction; index them."""
+        embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+        if embeddings.shape != (len(faces), self.dim):
+            raise ValueError(f"expected embeddings of shape {(len(faces), self.dim)}, got {embeddings.shape}")
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.execute("INSERT INTO images VALUES (?, ?, ?, ?)", (sha256, width, height, len(faces)))
+            ids = []
+            for face_index, (face, vector) in enumerate(zip(faces, embeddings)):
+                cursor = self._db.execute(
+                    "INSERT INTO faces (sha256, face_index, box, landmarks, score, method, embedding) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (sha256, face_index, np.asarray(face.box, np.float32).tobytes(), np.asarray(face.landmarks, np.float32).tobytes(),
+                     face.score, face.method, vector.tobytes()),
+                )
+                ids.append(cursor.lastrowid)
+        if ids:
+            self.index.add_with_ids(embeddings, np.array(ids, dtype=np.int64))
+
+    def add_file(self, path: Path, size: int | None, mtime_ns: int | None, sha256: str | None,
+                 status: str, *, kind: str | None = None, reason: str | None = None) -> None:
+        """Record where a file was seen and what became of it ('embedded', 'no_face' or 'error')."""
+        with self._db:
+            self._db.execute(
+                "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (str(path), size, mtime_ns, sha256, status, kind, reason),
+            )
+
+    def set_label(self, sha256: str, label: FaceLabel, *, source: str) -> bool:
+        """Attach a label to an image; returns False if it replaced a different label."""
+        values = (label.age, label.gender, label.race, label.person, label.split, json.dumps(label.extra, sort_keys=True))
+        with self._db:
+            old = self._db.execute(
+                "SELECT age, gender, race, person, split, extra FROM labels WHERE sha256 = ?", (sha256,)
+            ).fetchone()
+            self._db.execute("INSERT OR REPLACE INTO labels VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (sha256, *values, source))
+        return old is None or tuple(old) == values
+
+    def close(self) -> None:
+        """Save the index and close the record."""
+        self.save_index()
+        self._db.close()
+
+    def __enter__(self) -> EmbeddingStore:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    # -- reading -----------------------------------------------------------------------------
+    def faces(self, *, split: str | None = None, labelled: bool = False, primary: bool = False) -> FaceRecords:
+        """Faces with their labels, ordered by face id.
+
+        Parameters
+        ----------
+        split : only faces of images with this split label.
+        labelled : only faces of images with an age label.
+        primary : only the largest face of each image (face_index 0), the one a label describes.
+        """
+        query = """
+            SELECT f.id, f.sha256, (SELECT MIN(path) FROM files WHERE files.sha256 = f.sha256), f.face_index,
+                   f.embedding, f.score, f.method, l.age, l.gender, l.race, l.person, l.split
+            FROM faces f LEFT JOIN labels l ON l.sha256 = f.sha256 WHERE 1 = 1"""
+        parameters: list = []
+        if split is not None:
+            query += " AND l.split = ?"
+            parameters.append(split)
+        if labelled:
+            query += " AND l.age IS NOT NULL"
+        if primary:
+            query += " AND f.face_index = 0"
+        rows = self._db.execute(query + " ORDER BY f.id", parameters).fetchall()
+        columns = list(zip(*rows)) if rows else [()] * 12
+
+        def column(i, dtype, missing):
+            return np.array([missing if v is None else v for v in columns[i]], dtype=dtype)
+
+        return FaceRecords(
+            face_id=column(0, np.int64, -1),
+            sha256=column(1, object, ""),
+            path=column(2, object, ""),
+            face_index=column(3, np.int64, -1),
+            embedding=np.frombuffer(b"".join(columns[4]), dtype=np.float32).reshape(-1, self.dim).copy(),
+            score=column(5, np.float32, np.nan),
+            method=column(6, object, ""),
+            age=column(7, np.float32, np.nan),
+            gender=column(8, np.int64, -1),
+            race=column(9, np.int64, -1),
+            person=column(10, object, ""),
+            split=column(11, object, ""),
+        )
+
+    def search(self, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """The `k` most similar stored faces (cosine) to each query: (similarities, face ids), each (n, k)."""
+        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        index = self.index
+        if hasattr(faiss, "index_cpu_to_gpu") and faiss.get_num_gpus() > 0:
+            index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, self.index)
+        return index.search(queries, k)
+
+    def summary(self) -> dict:
+        """Counts of what the store holds: images, faces, labels per split, files by status and reason."""
+        one = lambda query: self._db.execute(query).fetchone()[0]  # noqa: E731
+        return {
+            "path": str(self.path),
+            "model_sha256": self.model_sha256,
+            "images": one("SELECT COUNT(*) FROM images"),
+            "images_with_faces": one("SELECT COUNT(*) FROM images WHERE n_faces > 0"),
+            "faces": one("SELECT COUNT(*) FROM faces"),
+            "index_faces": int(self.index.ntotal),
+            "files": dict(self._db.execute("SELECT status, COUNT(*) FROM files GROUP BY status")),
+            "errors_by_kind": dict(self._db.execute("SELECT kind, COUNT(*) FROM files WHERE status = 'error' GROUP BY kind")),
+            "faces_by_method": dict(self._db.execute("SELECT method, COUNT(*) FROM faces GROUP BY method")),
+            "labelled_images_by_split": {
+                (split or "none"): count
+                for split, count in self._db.execute(
+                    "SELECT split, COUNT(*) FROM labels WHERE sha256 IN (SELECT sha256 FROM images) GROUP BY split")
+            },
+            "labelled_faces_by_split": {
+                (split or "none"): count
+                for split, count in self._db.execute(
+                    "SELECT l.split, COUNT(*) FROM faces f JOIN labels l ON l.sha256 = f.sha256 "
+                    "WHERE f.face_index = 0 AND l.age IS NOT NULL GROUP BY l.split")
+            },
+        }
+
+    def errors(self) -> list[tuple[str, str, str]]:
+        """(path, kind, reason) of every file that could not be embedded."""
+        return self._db.execute("SELECT path, kind, reason FROM files WHERE status = 'error' ORDER BY path").fetchall()

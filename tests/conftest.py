@@ -1,0 +1,49 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def encoder():
+    from agestimate.faces import FaceEncoder
+
+    return FaceEncoder(threads=2)
+
+
+@pytest.fixture(scope="session")
+def players_path():
+    from agestimate.models import weights_dir
+
+    return weights_dir() / "players.jpg"
+
+
+@pytest.fixture
+def face_folder(tmp_path):
+    """Distinct face images (the UTKFace fixtures and mirrored copies) plus bad files."""
+    from PIL import Image
+
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    for path in sorted((FIXTURES / "utkface").iterdir()):
+        (folder / path.name).write_bytes(path.read_bytes())
+        mirrored = Image.open(path).transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        mirrored.save(folder / path.name.replace(".jpg.chip.jpg", "1.jpg.chip.jpg"), quality=95)
+    return folder
+
+
+def add_bad_files(folder: Path) -> dict[str, str]:
+    """A text file named .jpg, a truncated JPEG and a 0-byte file; returns name -> error kind."""
+    (folder / "notes.jpg").write_text("not an image")
+    good = next(folder.glob("*.chip.jpg")).read_bytes()
+    (folder / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    (folder / "empty.jpg").write_bytes(b"")
+    return {"notes.jpg": "not an image", "truncated.jpg": "corrupt", "empty.jpg": "empty"}
+
+
+def random_unit_vectors(n, dim=512, seed=0):
+    vectors = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
