@@ -3,7 +3,19 @@
 from .errors import AgestimateError, ImageLoadError
 from .faces import FaceEncoder
 from .images import load_image
+from .predict import Estimator, Face, ImageResult, predict, predict_batch
 from .store import EmbeddingStore
 
-__all__ = ["AgestimateError", "EmbeddingStore", "FaceEncoder", "ImageLoadError", "load_image"]
+__all__ = [
+    "AgestimateError",
+    "EmbeddingStore",
+    "Estimator",
+    "Face",
+    "FaceEncoder",
+    "ImageLoadError",
+    "ImageResult",
+    "load_image",
+    "predict",
+    "predict_batch",
+]
 __version__ = "0.1.0"

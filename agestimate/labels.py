@@ -105,7 +105,11 @@ def read_labels_csv(path: str | Path) -> dict[Path, FaceLabel]:
         image = (row.get("path") or "").strip()
         if not image:
             raise LabelError(f"{where}: empty path")
-        labels[(path.parent / image).resolve()] = parse_csv_row(row, where)
+        try:
+            resolved = (path.parent / image).resolve()
+        except (OSError, ValueError) as error:  # e.g. a NUL character in the path
+            raise LabelError(f"{where}: bad path {image!r} ({error})") from None
+        labels[resolved] = parse_csv_row(row, where)
     return labels
 
 

@@ -5,7 +5,9 @@ missing, damaged or stale.
 Every image is committed in its own transaction, so a store killed at any moment reopens
 consistent: an image is either wholly in the record or not at all. Images are keyed by the
 SHA-256 of their bytes, so renamed or copied files are embedded once. The record is bound to
-the SHA-256 of the embedding model: opening it with another model is an error.
+the SHA-256 of the embedding model and to the descriptor (see `agestimate.descriptors`) whose
+features it keeps beside each embedding: opening it with another model or descriptor is an
+error, so two kinds of vectors never mix.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import faiss
 import numpy as np
 
 from .errors import StoreError
-from .faces import EMBEDDING_DIM, FaceDetection
+from .descriptors import EMBEDDING_DIM, Descriptor
+from .faces import FaceDetection
 from .labels import FaceLabel
 
 logger = logging.getLogger(__name__)
@@ -41,7 +44,7 @@ CREATE TABLE IF NOT EXISTS files (
 CREATE TABLE IF NOT EXISTS faces (
     id INTEGER PRIMARY KEY, sha256 TEXT NOT NULL REFERENCES images(sha256), face_index INTEGER NOT NULL,
     box BLOB NOT NULL, landmarks BLOB NOT NULL, score REAL NOT NULL, method TEXT NOT NULL,
-    embedding BLOB NOT NULL, UNIQUE (sha256, face_index));
+    embedding BLOB NOT NULL, features BLOB NOT NULL, UNIQUE (sha256, face_index));
 CREATE TABLE IF NOT EXISTS labels (
     sha256 TEXT PRIMARY KEY, age REAL, gender INTEGER, race INTEGER, person TEXT, split TEXT,
     extra TEXT, source TEXT);
@@ -59,7 +62,10 @@ class FaceRecords:
     sha256: np.ndarray
     path: np.ndarray
     face_index: np.ndarray
+    box: np.ndarray
+    landmarks: np.ndarray
     embedding: np.ndarray
+    features: np.ndarray
     score: np.ndarray
     method: np.ndarray
     age: np.ndarray
@@ -82,17 +88,19 @@ class EmbeddingStore:
     ----------
     path : the store folder.
     model_sha256 : SHA-256 of the embedding model; required to create, checked when opening.
+    descriptor : name of the descriptor of the stored features; required to create, checked when opening.
     create : create the store if it does not exist.
     """
 
-    def __init__(self, path: str | Path, *, model_sha256: str | None = None, create: bool = False):
+    def __init__(self, path: str | Path, *, model_sha256: str | None = None, descriptor: str | None = None,
+                 create: bool = False):
         self.path = Path(path)
         database = self.path / DATABASE
         if not database.is_file():
             if not create:
                 raise StoreError(f"{self.path}: no embedding store here (no {DATABASE}); create one with `agestimate embed`")
-            if model_sha256 is None:
-                raise ValueError("model_sha256 is needed to create a store")
+            if model_sha256 is None or descriptor is None:
+                raise ValueError("model_sha256 and descriptor are needed to create a store")
             self.path.mkdir(parents=True, exist_ok=True)
         try:
             self._db = sqlite3.connect(database, isolation_level=None)
@@ -103,7 +111,8 @@ class EmbeddingStore:
         except sqlite3.DatabaseError as error:
             raise StoreError(f"{database}: not a readable store database ({error})") from error
         if not meta:
-            meta = {"schema_version": str(SCHEMA_VERSION), "model_sha256": model_sha256, "dim": str(EMBEDDING_DIM)}
+            meta = {"schema_version": str(SCHEMA_VERSION), "model_sha256": model_sha256, "dim": str(EMBEDDING_DIM),
+                    "descriptor": descriptor, "feature_dim": str(Descriptor.parse(descriptor).dim)}
             with self._db:
                 self._db.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
         if meta.get("schema_version") != str(SCHEMA_VERSION):
@@ -113,8 +122,15 @@ class EmbeddingStore:
                 f"{self.path}: store was made with the embedding model {meta['model_sha256']}, "
                 f"not {model_sha256}; use a new store folder for this model"
             )
+        if descriptor is not None and meta["descriptor"] != descriptor:
+            raise StoreError(
+                f"{self.path}: store holds features of the descriptor {meta['descriptor']!r}, not {descriptor!r}; "
+                f"use a new store folder, or embed with --descriptor {meta['descriptor']}"
+            )
         self.model_sha256 = meta["model_sha256"]
+        self.descriptor = meta["descriptor"]
         self.dim = int(meta["dim"])
+        self.feature_dim = int(meta["feature_dim"])
         self.index = self._load_index()
 
     # -- the FAISS index -------------------------------------------------------------------
@@ -123,6 +139,7 @@ class EmbeddingStore:
 
     def _load_index(self) -> faiss.IndexIDMap2:
         """Read `index.faiss` if it agrees with the record (same ids, same vectors), else rebuild it."""
+        self._index_changed = False
         ids, vectors = self._all_embeddings()
         index_file = self.path / INDEX
         problem = None
@@ -142,6 +159,7 @@ class EmbeddingStore:
                 problem = f"unreadable ({str(error).splitlines()[0]})"
         if problem:
             logger.warning("%s: index %s; rebuilding it from the record (%d faces)", index_file, problem, len(ids))
+            self._index_changed = True
         index = self._new_index()
         if len(ids):
             index.add_with_ids(vectors, ids)
@@ -172,24 +190,31 @@ class EmbeddingStore:
         row = self._db.execute("SELECT n_faces FROM images WHERE sha256 = ?", (sha256,)).fetchone()
         return None if row is None else row[0]
 
-    def add_image(self, sha256: str, width: int, height: int, faces: list[FaceDetection], embeddings: np.ndarray) -> None:
-        """Record an image, its faces and their embeddings in one transaction; index them."""
+    def add_image(self, sha256: str, width: int, height: int, faces: list[FaceDetection], embeddings: np.ndarray,
+                  features: np.ndarray) -> None:
+        """Record an image, its faces, their embeddings and features in one transaction; index them."""
         embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
-        if embeddings.shape != (len(faces), self.dim):
-            raise ValueError(f"expected embeddings of shape {(len(faces), self.dim)}, got {embeddings.shape}")
+        features = np.ascontiguousarray(features, dtype=np.float32)
+        if embeddings.shape != (len(faces), self.dim) or features.shape != (len(faces), self.feature_dim):
+            raise ValueError(
+                f"expected embeddings {(len(faces), self.dim)} and features {(len(faces), self.feature_dim)}, "
+                f"got {embeddings.shape} and {features.shape}"
+            )
         with self._db:
             self._db.execute("BEGIN")
             self._db.execute("INSERT INTO images VALUES (?, ?, ?, ?)", (sha256, width, height, len(faces)))
             ids = []
-            for face_index, (face, vector) in enumerate(zip(faces, embeddings)):
+            for face_index, (face, vector, feature) in enumerate(zip(faces, embeddings, features)):
                 cursor = self._db.execute(
-                    "INSERT INTO faces (sha256, face_index, box, landmarks, score, method, embedding) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO faces (sha256, face_index, box, landmarks, score, method, embedding, features) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (sha256, face_index, np.asarray(face.box, np.float32).tobytes(), np.asarray(face.landmarks, np.float32).tobytes(),
-                     face.score, face.method, vector.tobytes()),
+                     face.score, face.method, vector.tobytes(), feature.tobytes()),
                 )
                 ids.append(cursor.lastrowid)
         if ids:
             self.index.add_with_ids(embeddings, np.array(ids, dtype=np.int64))
+            self._index_changed = True
 
     def add_file(self, path: Path, size: int | None, mtime_ns: int | None, sha256: str | None,
                  status: str, *, kind: str | None = None, reason: str | None = None) -> None:
@@ -211,8 +236,9 @@ class EmbeddingStore:
         return old is None or tuple(old) == values
 
     def close(self) -> None:
-        """Save the index and close the record."""
-        self.save_index()
+        """Save the index if it changed, and close the record."""
+        if self._index_changed:
+            self.save_index()
         self._db.close()
 
     def __enter__(self) -> EmbeddingStore:
@@ -222,18 +248,23 @@ class EmbeddingStore:
         self.close()
 
     # -- reading -----------------------------------------------------------------------------
-    def faces(self, *, split: str | None = None, labelled: bool = False, primary: bool = False) -> FaceRecords:
+    def faces(self, *, split: str | None = None, labelled: bool = False, primary: bool = False,
+              descriptor: str | None = None) -> FaceRecords:
         """Faces with their labels, ordered by face id.
 
         Parameters
         ----------
+        descriptor : return the features of this descriptor, which must be part of the store's
+            (same flip setting, a subset of its blocks), or "emb", the identity embedding, which
+            every store holds; default: the store's own.
         split : only faces of images with this split label.
         labelled : only faces of images with an age label.
         primary : only the largest face of each image (face_index 0), the one a label describes.
         """
         query = """
             SELECT f.id, f.sha256, (SELECT MIN(path) FROM files WHERE files.sha256 = f.sha256), f.face_index,
-                   f.embedding, f.score, f.method, l.age, l.gender, l.race, l.person, l.split
+                   f.embedding, f.features, f.score, f.method, l.age, l.gender, l.race, l.person, l.split,
+                   f.box, f.landmarks
             FROM faces f LEFT JOIN labels l ON l.sha256 = f.sha256 WHERE 1 = 1"""
         parameters: list = []
         if split is not None:
@@ -243,25 +274,37 @@ class EmbeddingStore:
             query += " AND l.age IS NOT NULL"
         if primary:
             query += " AND f.face_index = 0"
+        columns_of_part = None
+        if descriptor is not None and descriptor not in (self.descriptor, "emb"):
+            try:
+                columns_of_part = Descriptor.parse(self.descriptor).columns_of(Descriptor.parse(descriptor))
+            except ValueError as error:
+                raise StoreError(f"{self.path}: {error}; embed into a store with that descriptor") from error
         rows = self._db.execute(query + " ORDER BY f.id", parameters).fetchall()
-        columns = list(zip(*rows)) if rows else [()] * 12
+        columns = list(zip(*rows)) if rows else [()] * 15
 
         def column(i, dtype, missing):
             return np.array([missing if v is None else v for v in columns[i]], dtype=dtype)
 
+        features = np.frombuffer(b"".join(columns[5]), dtype=np.float32).reshape(-1, self.feature_dim)
+        embedding = np.frombuffer(b"".join(columns[4]), dtype=np.float32).reshape(-1, self.dim)
         return FaceRecords(
             face_id=column(0, np.int64, -1),
             sha256=column(1, object, ""),
             path=column(2, object, ""),
             face_index=column(3, np.int64, -1),
-            embedding=np.frombuffer(b"".join(columns[4]), dtype=np.float32).reshape(-1, self.dim).copy(),
-            score=column(5, np.float32, np.nan),
-            method=column(6, object, ""),
-            age=column(7, np.float32, np.nan),
-            gender=column(8, np.int64, -1),
-            race=column(9, np.int64, -1),
-            person=column(10, object, ""),
-            split=column(11, object, ""),
+            box=np.frombuffer(b"".join(columns[13]), dtype=np.float32).reshape(-1, 4).copy(),
+            landmarks=np.frombuffer(b"".join(columns[14]), dtype=np.float32).reshape(-1, 5, 2).copy(),
+            embedding=embedding.copy(),
+            features=(embedding.copy() if descriptor == "emb" and self.descriptor != "emb"
+                      else features.copy() if columns_of_part is None else features[:, columns_of_part]),
+            score=column(6, np.float32, np.nan),
+            method=column(7, object, ""),
+            age=column(8, np.float32, np.nan),
+            gender=column(9, np.int64, -1),
+            race=column(10, np.int64, -1),
+            person=column(11, object, ""),
+            split=column(12, object, ""),
         )
 
     def search(self, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
@@ -278,6 +321,7 @@ class EmbeddingStore:
         return {
             "path": str(self.path),
             "model_sha256": self.model_sha256,
+            "descriptor": self.descriptor,
             "images": one("SELECT COUNT(*) FROM images"),
             "images_with_faces": one("SELECT COUNT(*) FROM images WHERE n_faces > 0"),
             "faces": one("SELECT COUNT(*) FROM faces"),

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
+import sys
+from pathlib import Path
 
 import click
 
+from agestimate.descriptors import DEFAULT_DESCRIPTOR, Descriptor
 from agestimate.errors import AgestimateError
 
 
@@ -22,6 +26,13 @@ def _fail_cleanly(function):
     wrapper.__name__ = function.__name__
     wrapper.__doc__ = function.__doc__
     return wrapper
+
+
+def _check_descriptor(context, parameter, value):
+    try:
+        return Descriptor.parse(value).name
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from error
 
 
 @click.group()
@@ -44,16 +55,19 @@ def cli(verbose: int) -> None:
 @click.option("--max-faces", type=int, default=None, help="Keep at most N faces per image, largest first.")
 @click.option("--det-size", default=640, show_default=True, help="Largest detector input side.")
 @click.option("--det-thresh", default=0.5, show_default=True, help="Detection score threshold.")
+@click.option("--descriptor", default=DEFAULT_DESCRIPTOR, show_default=True, callback=_check_descriptor,
+              help="Features stored beside each embedding: blocks emb, gap473, gap505, gap509, grid509 joined by +, "
+                   "optionally +flip.")
 @click.option("--threads", type=int, default=None, help="ONNX Runtime threads per model (default: all cores).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @_fail_cleanly
-def embed(sources, store, labels, batch_size, crops, max_faces, det_size, det_thresh, threads, as_json):
+def embed(sources, store, labels, batch_size, crops, max_faces, det_size, det_thresh, descriptor, threads, as_json):
     """Embed every face in SOURCES (files and folders) into the store; resumable."""
     from agestimate.embedding import embed as embed_sources
 
     summary = embed_sources(
         sources, store=store, labels=labels, batch_size=batch_size, crops=crops, max_faces=max_faces,
-        det_size=det_size, det_thresh=det_thresh, threads=threads, show_progress=True,
+        det_size=det_size, det_thresh=det_thresh, descriptor=descriptor, threads=threads, show_progress=True,
     )
     if as_json:
         click.echo(json.dumps(summary.as_dict(), indent=2))
@@ -96,3 +110,206 @@ def info(store, as_json):
         return
     for key, value in summary.items():
         click.echo(f"{key}: {value}")
+
+
+def _head_options(epochs, seed, no_rapl, no_gender):
+    from agestimate.training.fit import HeadOptions
+
+    changes = {"seed": seed, "use_rapl": not no_rapl, "use_gender": not no_gender}
+    if epochs is not None:
+        changes["epochs"] = epochs
+    return HeadOptions(**changes)
+
+
+def _print_metrics(metrics: dict, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(metrics, indent=2))
+        return
+    for key, value in metrics.items():
+        shown = "-" if value is None else f"{value:.4f}" if isinstance(value, float) else value
+        click.echo(f"{key:24s} {shown}")
+
+
+_training_options = [
+    click.option("--descriptor", default=None, help="Features to train on (default: the store's descriptor)."),
+    click.option("--epochs", type=int, default=None, help="Training epochs (default: 30)."),
+    click.option("--seed", type=int, default=0, show_default=True),
+    click.option("--no-rapl", is_flag=True, help="Train without the RAPL position head."),
+    click.option("--no-gender", is_flag=True, help="Train without the gender head."),
+    click.option("--device", default=None, help="torch device, e.g. cpu or cuda (default: cuda when available)."),
+]
+
+
+def training_options(function):
+    for option in reversed(_training_options):
+        function = option(function)
+    return function
+
+
+@cli.command()
+@click.option("--store", required=True, type=click.Path(file_okay=False), help="Store with labelled train and val splits.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Model folder to write (ONNX + model.json).")
+@training_options
+@click.option("--json", "as_json", is_flag=True, help="Print the model card's metrics as JSON.")
+@_fail_cleanly
+def train(store, out, descriptor, epochs, seed, no_rapl, no_gender, device, as_json):
+    """Train the age and gender heads (EVR + gender + RAPL) on a store; needs the train extra."""
+    from agestimate.training.protocols import train as train_heads
+
+    card = train_heads(store, out, descriptor=descriptor, options=_head_options(epochs, seed, no_rapl, no_gender),
+                       device=device, progress=True, command=" ".join(sys.argv))
+    click.echo(f"model written to {out} ({card['descriptor']}, {card['training_seconds']} s)", err=True)
+    _print_metrics({f"{split}_{key}": value for split, metrics in card["metrics"].items() for key, value in metrics.items()
+                    if split != "train"}, as_json)
+
+
+@cli.command("eval")
+@click.option("--store", required=True, type=click.Path(file_okay=False), help="Store with labelled faces.")
+@click.option("--model", default=None, type=click.Path(file_okay=False), help="Model folder written by `train`.")
+@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test", "all"]))
+@click.option("--protocol", default="split", show_default=True, type=click.Choice(["split", "lopo"]),
+              help="split: evaluate --model on --split; lopo: train per person left out (needs person labels).")
+@training_options
+@click.option("--json", "as_json", is_flag=True, help="Print a flat JSON object.")
+@click.option("--report", default=None, type=click.Path(file_okay=False), help="Write report.md, metrics.json and plots here.")
+@_fail_cleanly
+def evaluate(store, model, split, protocol, descriptor, epochs, seed, no_rapl, no_gender, device, as_json, report):
+    """Measure a model on a store: MAE, CS@5, 1CoA, gender accuracy, per-group MAE."""
+    if protocol == "lopo":
+        from agestimate.training.protocols import leave_one_person_out
+
+        result = leave_one_person_out(store, descriptor=descriptor, options=_head_options(epochs, seed, no_rapl, no_gender),
+                                      device=device, progress=True)
+    else:
+        if model is None:
+            raise click.UsageError("--model is required unless --protocol lopo")
+        from agestimate.evaluation import evaluate as evaluate_model
+
+        result = evaluate_model(model, store, split=split)
+    _print_metrics(result.metrics, as_json)
+    if report:
+        from agestimate.report import write_report
+
+        write_report(result, report, title=f"agestimate eval: {store}", command=" ".join(sys.argv))
+
+
+@cli.command()
+@click.option("--store", required=True, type=click.Path(file_okay=False), help="Store with labelled train/val/test splits.")
+@click.option("--descriptor", default=None, help="Features to train on (default: the store's descriptor).")
+@click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated seeds.")
+@click.option("--epochs", type=int, default=None, help="Training epochs (default: 30).")
+@click.option("--device", default=None)
+@click.option("--json", "as_json", is_flag=True)
+@_fail_cleanly
+def ablation(store, descriptor, seeds, epochs, device, as_json):
+    """The RAPL paper's Table 3 on a store: FC, EVR, EVR+GP, EVR+RAPL, EVR+RAPL+GP over seeds."""
+    from agestimate.training.protocols import ablation as run_ablation
+
+    options = _head_options(epochs, 0, False, False)
+    rows = run_ablation(store, descriptor=descriptor, seeds=[int(s) for s in seeds.split(",")], options=options,
+                        device=device, progress=True)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo("| variant | MAE | CS@5 | gender acc. | MAE 60+ | s/run |\n|---|---|---|---|---|---|")
+    for row in rows:
+        cell = lambda key, scale=1: "-" if row[key] is None else f"{row[key] * scale:.2f} ± {row[key + '_std'] * scale:.2f}"  # noqa: E731
+        click.echo(f"| {row['variant']} | {cell('mae')} | {cell('cs5', 100)} | {cell('gender_accuracy', 100)} | "
+                   f"{cell('mae_60plus')} | {row['seconds']:.0f} |")
+
+
+PREDICTION_COLUMNS = ["file", "face", "x1", "y1", "x2", "y2", "age", "age_spread", "age_group", "gender",
+                      "gender_probability", "confidence", "detection_score", "detection_method", "error"]
+
+
+def _expand_sources(sources, recursive: bool) -> list[Path]:
+    """Files as given, folders (recursively with --recursive), and glob patterns, in order."""
+    from agestimate.embedding import IMAGE_SUFFIXES
+
+    paths = []
+    for source in sources:
+        if any(character in source for character in "*?["):
+            matches = sorted(glob.glob(source, recursive=recursive))
+            if not matches:
+                click.echo(f"warning: no file matches {source}", err=True)
+            paths += [Path(match) for match in matches if not Path(match).is_dir()]
+        elif Path(source).is_dir():
+            pattern = "**/*" if recursive else "*"
+            paths += sorted(p for p in Path(source).glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            paths.append(Path(source))
+    return paths
+
+
+def _prediction_rows(result):
+    if not result.ok:
+        yield {"file": result.source, "error": result.error}
+    elif not result.faces:
+        yield {"file": result.source, "error": "no face"}
+    for index, face in enumerate(result.faces):
+        values = face.to_dict()
+        x1, y1, x2, y2 = values.pop("box")
+        values.pop("landmarks")
+        yield {"file": result.source, "face": index, "x1": round(x1, 1), "y1": round(y1, 1), "x2": round(x2, 1),
+               "y2": round(y2, 1), **{k: round(v, 4) if isinstance(v, float) else v for k, v in values.items()}}
+
+
+@cli.command()
+@click.argument("sources", nargs=-1, required=True)
+@click.option("--model", default=None, type=click.Path(file_okay=False), help="Model folder (default: the shipped model).")
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="FILE.csv or FILE.jsonl (default: CSV on stdout).")
+@click.option("--annotate", default=None, type=click.Path(file_okay=False), help="Write annotated images into this folder.")
+@click.option("--recursive", is_flag=True, help="Walk folders recursively (and ** in globs).")
+@click.option("--max-faces", type=int, default=None, help="At most N faces per image, largest first.")
+@click.option("--crops", is_flag=True, help="Inputs are tight face crops (see `embed --crops`).")
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--threads", type=int, default=None)
+@_fail_cleanly
+def predict(sources, model, out, annotate, recursive, max_faces, crops, batch_size, threads):
+    """Age and gender of every face in SOURCES (files, folders, globs): one row per face,
+    and one row with the reason for each image with no face or an error."""
+    import csv
+    import time
+    from collections import Counter
+
+    from agestimate.predict import Estimator
+
+    paths = _expand_sources(sources, recursive)
+    estimator = Estimator(model, max_faces=max_faces, crops=crops, threads=threads)
+    if out is not None and not out.endswith((".csv", ".jsonl")):
+        raise click.BadParameter("must end in .csv or .jsonl", param_hint="--out")
+    stream = open(out, "w", newline="") if out else sys.stdout
+    writer = csv.DictWriter(stream, PREDICTION_COLUMNS) if not (out or "").endswith(".jsonl") else None
+    if writer:
+        writer.writeheader()
+    counts, started = Counter(), time.perf_counter()
+    try:
+        for result in estimator.predict_batch(paths, batch_size=batch_size, show_progress=True):
+            counts["images"] += 1
+            counts["faces"] += len(result.faces)
+            counts["no face" if result.ok and not result.faces else result.error_kind or "ok"] += 1
+            for row in _prediction_rows(result):
+                if writer:
+                    writer.writerow(row)
+                else:
+                    stream.write(json.dumps(row) + "\n")
+            if annotate and result.faces:
+                _write_annotated(result, Path(annotate))
+    finally:
+        if out:
+            stream.close()
+    seconds = time.perf_counter() - started
+    errors = {kind: n for kind, n in counts.items() if kind not in ("images", "faces", "ok", "no face")}
+    click.echo(f"{counts['images']} images, {counts['faces']} faces, {counts['no face']} without a face, "
+               f"errors: {errors or 'none'}; {counts['images'] / max(seconds, 1e-9):.1f} images/s", err=True)
+
+
+def _write_annotated(result, folder: Path) -> None:
+    import cv2
+
+    from agestimate.drawing import draw_faces
+    from agestimate.images import load_image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    drawn = draw_faces(load_image(result.source), result.faces)
+    cv2.imwrite(str(folder / (Path(result.source).stem + ".jpg")), cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))

@@ -38,7 +38,7 @@ def face_folder(tmp_path):
 def add_bad_files(folder: Path) -> dict[str, str]:
     """A text file named .jpg, a truncated JPEG and a 0-byte file; returns name -> error kind."""
     (folder / "notes.jpg").write_text("not an image")
-    good = next(folder.glob("*.chip.jpg")).read_bytes()
+    good = next(p for p in sorted(folder.iterdir()) if p.suffix == ".jpg" and p.stat().st_size > 1000).read_bytes()
     (folder / "truncated.jpg").write_bytes(good[: len(good) // 3])
     (folder / "empty.jpg").write_bytes(b"")
     return {"notes.jpg": "not an image", "truncated.jpg": "corrupt", "empty.jpg": "empty"}

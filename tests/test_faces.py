@@ -5,6 +5,7 @@ from insightface.app.common import Face
 
 from agestimate.faces import FaceEncoder
 from agestimate.images import load_image
+from agestimate.models import load_model
 
 from conftest import FIXTURES
 
@@ -23,10 +24,11 @@ def test_group_photo_yields_every_face(encoder, players_path):
 
 
 def test_embeddings_equal_insightface_arcface_get(encoder, players_path):
+    recognizer = load_model("recognizer")  # insightface's ArcFaceONNX over the pinned file
     encoded = encoder.encode(players_path)
     bgr = cv2.imread(str(players_path))
     for detection, embedding in zip(encoded.faces, encoded.embeddings):
-        reference = encoder.recognizer.get(bgr, Face(bbox=detection.box, kps=detection.landmarks, det_score=detection.score))
+        reference = recognizer.get(bgr, Face(bbox=detection.box, kps=detection.landmarks, det_score=detection.score))
         cosine = float(reference @ embedding / np.linalg.norm(reference))
         assert cosine > 0.999
 
@@ -64,7 +66,7 @@ def test_template_alignment_is_close_to_detected_alignment(encoder):
     detected = encoder.detect(crop)
     template = FaceEncoder(crops=True, det_thresh=1.01, threads=1).detect(crop)
     assert template[0].method == "template"
-    a, b = encoder.embed(encoder.align(crop, detected[:1] + template))
+    (a, b), _ = encoder.embed(encoder.align(crop, detected[:1] + template))
     assert float(a @ b) > 0.6
 
 
@@ -76,3 +78,4 @@ def test_bad_sources_come_back_as_errors_in_order(encoder, tmp_path):
     assert [r.ok for r in results] == [True, False, True]
     assert results[1].error.kind == "not an image" and "bad.jpg" in str(results[1].error)
     assert np.array_equal(results[0].embeddings, results[2].embeddings)
+    assert results[0].features.shape == (1, encoder.descriptor.dim)

@@ -9,6 +9,7 @@ from agestimate.store import INDEX, EmbeddingStore
 from conftest import random_unit_vectors
 
 MODEL = "ab" * 32
+DESCRIPTOR = "emb+gap505"  # 768 features
 
 
 def detection(i):
@@ -18,11 +19,12 @@ def detection(i):
 
 def fill(path, n_images=6, faces_per_image=2):
     vectors = random_unit_vectors(n_images * faces_per_image)
-    with EmbeddingStore(path, model_sha256=MODEL, create=True) as store:
+    features = random_unit_vectors(n_images * faces_per_image, 768, seed=1)
+    with EmbeddingStore(path, model_sha256=MODEL, descriptor=DESCRIPTOR, create=True) as store:
         for i in range(n_images):
             sha = f"{i:064x}"
-            store.add_image(sha, 100, 80, [detection(j) for j in range(faces_per_image)],
-                            vectors[i * faces_per_image:(i + 1) * faces_per_image])
+            rows = slice(i * faces_per_image, (i + 1) * faces_per_image)
+            store.add_image(sha, 100, 80, [detection(j) for j in range(faces_per_image)], vectors[rows], features[rows])
             store.add_file(f"/data/img{i}.jpg", 10, 20, sha, "embedded")
             store.set_label(sha, FaceLabel(age=20 + i, gender=i % 2, split=["train", "val", "test"][i % 3]), source="test")
     return vectors
@@ -33,6 +35,12 @@ def test_records_round_trip_with_labels_and_search(tmp_path):
     store = EmbeddingStore(tmp_path / "s", model_sha256=MODEL)
     faces = store.faces()
     assert len(faces) == 12 and np.array_equal(faces.embedding, vectors)
+    assert np.array_equal(faces.features, random_unit_vectors(12, 768, seed=1))
+    assert faces.landmarks.shape == (12, 5, 2) and faces.box[3].tolist() == [1, 1, 11, 11]
+    assert np.array_equal(store.faces(descriptor="gap505").features, faces.features[:, 512:])
+    assert np.array_equal(store.faces(descriptor="emb").features, vectors)
+    with pytest.raises(StoreError, match=r"'gap509' is not part of 'emb\+gap505'"):
+        store.faces(descriptor="gap509")
     primary_train = store.faces(split="train", primary=True)
     assert primary_train.age.tolist() == [20, 23] and primary_train.face_index.tolist() == [0, 0]
     assert primary_train.path.tolist() == ["/data/img0.jpg", "/data/img3.jpg"]
@@ -43,10 +51,12 @@ def test_records_round_trip_with_labels_and_search(tmp_path):
     assert summary["labelled_faces_by_split"] == {"train": 2, "val": 2, "test": 2}
 
 
-def test_another_model_is_refused(tmp_path):
+def test_another_model_or_descriptor_is_refused(tmp_path):
     fill(tmp_path / "s")
     with pytest.raises(StoreError, match="made with the embedding model abab.*not cdcd"):
         EmbeddingStore(tmp_path / "s", model_sha256="cd" * 32)
+    with pytest.raises(StoreError, match=r"features of the descriptor 'emb\+gap505', not 'grid509'"):
+        EmbeddingStore(tmp_path / "s", descriptor="grid509")
     with pytest.raises(StoreError, match="no embedding store here"):
         EmbeddingStore(tmp_path / "nothing")
 
@@ -61,7 +71,7 @@ def test_a_damaged_or_stale_index_is_rebuilt_from_the_record(tmp_path, caplog, d
         index_file.write_bytes(index_file.read_bytes()[:100])
     else:  # an index saved before the last images were recorded (a killed run)
         store = EmbeddingStore(tmp_path / "s")
-        store.add_image("f" * 64, 1, 1, [detection(0)], random_unit_vectors(1, seed=9))
+        store.add_image("f" * 64, 1, 1, [detection(0)], random_unit_vectors(1, seed=9), random_unit_vectors(1, 768))
         store._db.close()
     store = EmbeddingStore(tmp_path / "s")
     assert "rebuilding it from the record" in caplog.text

@@ -1,0 +1,147 @@
+"""Face descriptors: the ArcFace identity embedding plus pooled intermediate feature maps of
+the same w600k_mbf forward pass, which carry far more age and gender signal.
+
+The recogniser runs as one ONNX Runtime session over an in-memory copy of the pinned
+`w600k_mbf.onnx` with the tapped tensors added as graph outputs; the file itself is untouched.
+Preprocessing is insightface's `ArcFaceONNX.get_feat`: (pixel - 127.5) / 127.5, RGB planes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import onnx
+import onnxruntime
+
+from .models import default_providers, session_options, weight_path
+
+EMBEDDING_OUTPUT = "516"  # BatchNorm after the final Gemm: the 512-d ArcFace embedding
+EMBEDDING_DIM = 512
+
+# block name -> (tensor in w600k_mbf.onnx, pooling, dimension)
+BLOCKS = {
+    "emb": (EMBEDDING_OUTPUT, "none", 512),  # the L2-normalised embedding itself
+    "gap473": ("473", "global", 256),  # end of stage 3, 256x14x14
+    "gap505": ("505", "global", 256),  # end of stage 4, 256x7x7
+    "gap509": ("509", "global", 512),  # last wide map, 512x7x7 (1x1 conv + PReLU)
+    "grid509": ("509", "grid2", 2048),  # the same, average-pooled on a 2x2 grid
+}
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    """Which blocks make the feature vector, and whether it is averaged with the mirrored crop.
+
+    Named like ``"grid509+flip"``: block names joined by "+", then "+flip" when flip-averaged.
+    """
+
+    blocks: tuple[str, ...]
+    flip: bool = False
+
+    @classmethod
+    def parse(cls, name: str) -> Descriptor:
+        parts = name.split("+")
+        flip = parts[-1] == "flip"
+        blocks = tuple(parts[:-1] if flip else parts)
+        unknown = [block for block in blocks if block not in BLOCKS]
+        if not blocks or unknown:
+            raise ValueError(f"descriptor {name!r}: unknown blocks {unknown}; blocks are {sorted(BLOCKS)}, optionally '+flip'")
+        return cls(blocks, flip)
+
+    @property
+    def name(self) -> str:
+        return "+".join(self.blocks + (("flip",) if self.flip else ()))
+
+    @property
+    def dim(self) -> int:
+        return sum(BLOCKS[block][2] for block in self.blocks)
+
+    def columns_of(self, part: Descriptor) -> np.ndarray:
+        """Indices of `part`'s features within this descriptor's feature vector.
+
+        Raises ValueError unless `part` uses a subset of these blocks with the same flip setting.
+        """
+        if part.flip != self.flip or not set(part.blocks) <= set(self.blocks):
+            raise ValueError(f"descriptor {part.name!r} is not part of {self.name!r}")
+        starts = np.cumsum([0] + [BLOCKS[block][2] for block in self.blocks])
+        where = {block: np.arange(starts[i], starts[i + 1]) for i, block in enumerate(self.blocks)}
+        return np.concatenate([where[block] for block in part.blocks])
+
+    @property
+    def tensors(self) -> list[str]:
+        return sorted({BLOCKS[block][0] for block in self.blocks} - {EMBEDDING_OUTPUT})
+
+
+DEFAULT_DESCRIPTOR = "grid509+flip"  # chosen on the UTKFace val split: benchmarks/descriptors.py
+
+
+def tapped_recognizer(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
+    """A copy of the recogniser with `tensors` added as float outputs, in the order given."""
+    tapped = onnx.ModelProto()
+    tapped.CopyFrom(model)
+    produced = {output for node in tapped.graph.node for output in node.output}
+    existing = {output.name for output in tapped.graph.output}
+    for tensor in tensors:
+        if tensor not in produced:
+            raise ValueError(f"tensor {tensor!r} is not produced by any node of the recogniser")
+        if tensor not in existing:
+            tapped.graph.output.append(onnx.helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, None))
+    return tapped
+
+
+def pool(maps: np.ndarray, pooling: str) -> np.ndarray:
+    """(n, c, h, w) maps -> (n, c) global average, or (n, 4c) average over a 2x2 grid."""
+    if pooling == "global":
+        return maps.mean(axis=(2, 3))
+    height, width = maps.shape[2:]
+    # adaptive pooling bins: [0, ceil(h/2)) and [floor(h/2), h), as torch's AdaptiveAvgPool2d
+    rows = [(0, -(-height // 2)), (height // 2, height)]
+    columns = [(0, -(-width // 2)), (width // 2, width)]
+    cells = [maps[:, :, r0:r1, c0:c1].mean(axis=(2, 3)) for r0, r1 in rows for c0, c1 in columns]
+    return np.stack(cells, axis=2).reshape(len(maps), -1)
+
+
+def normalise(vectors: np.ndarray) -> np.ndarray:
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
+
+
+class DescriptorModel:
+    """Identity embeddings and descriptor features of aligned 112x112 RGB crops, in one pass.
+
+    Parameters
+    ----------
+    descriptor : a `Descriptor` or its name.
+    providers, threads, directory : as for `agestimate.models.load_model`.
+    """
+
+    def __init__(self, descriptor: Descriptor | str = DEFAULT_DESCRIPTOR, *, providers=None, threads=None, directory=None):
+        self.descriptor = Descriptor.parse(descriptor) if isinstance(descriptor, str) else descriptor
+        model = onnx.load(str(weight_path("recognizer", directory=directory)))
+        self.outputs = [EMBEDDING_OUTPUT, *self.descriptor.tensors]
+        self.session = onnxruntime.InferenceSession(
+            tapped_recognizer(model, self.descriptor.tensors).SerializeToString(),
+            sess_options=session_options(threads),
+            providers=list(providers) if providers else default_providers(),
+        )
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, aligned: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Embeddings (n, 512), L2-normalised, and features (n, descriptor.dim), float32."""
+        count = len(aligned)
+        if count == 0:
+            return np.empty((0, EMBEDDING_DIM), np.float32), np.empty((0, self.descriptor.dim), np.float32)
+        blob = cv2.dnn.blobFromImages(list(aligned), 1.0 / 127.5, (112, 112), (127.5, 127.5, 127.5), swapRB=False)
+        if self.descriptor.flip:
+            blob = np.concatenate([blob, blob[:, :, :, ::-1]])
+        results = dict(zip(self.outputs, self.session.run(self.outputs, {self.input_name: blob})))
+        embeddings = normalise(results[EMBEDDING_OUTPUT][:count])
+        blocks = []
+        for block in self.descriptor.blocks:
+            tensor, pooling, _ = BLOCKS[block]
+            values = normalise(results[tensor]) if block == "emb" else pool(results[tensor], pooling)
+            if self.descriptor.flip:
+                values = (values[:count] + values[count:]) / 2
+            blocks.append(values)
+        return embeddings.astype(np.float32), np.concatenate(blocks, axis=1).astype(np.float32)

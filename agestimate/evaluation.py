@@ -1,0 +1,64 @@
+"""`evaluate`: run a heads model over the labelled faces of a store and measure it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import StoreError
+from .heads import AgeGenderHeads
+from .metrics import mae_by_group, summary
+from .store import EmbeddingStore, FaceRecords
+
+GENDER_NAMES = {0: "male", 1: "female"}
+RACE_NAMES = {0: "white", 1: "black", 2: "asian", 3: "indian", 4: "others"}
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Predictions for labelled faces and their metrics.
+
+    metrics : flat dict (see `agestimate.metrics.summary`) plus ``mae_gender_<name>`` and
+        ``mae_race_<name>`` (the fairness table, where labels exist).
+    """
+
+    metrics: dict
+    records: FaceRecords
+    predicted_age: np.ndarray
+    predicted_gender: np.ndarray
+
+
+def measure(records: FaceRecords, predicted_age: np.ndarray, predicted_gender: np.ndarray) -> Evaluation:
+    """Metrics of predictions for `records` (their true labels)."""
+    metrics = summary(records.age, predicted_age, gender_true=records.gender, gender_pred=predicted_gender)
+    for name, labels, names in (("gender", records.gender, GENDER_NAMES), ("race", records.race, RACE_NAMES)):
+        known = labels >= 0
+        by_group = mae_by_group(records.age[known], predicted_age[known], labels[known]) if known.any() else {}
+        metrics.update({f"mae_{name}_{names.get(group, group)}": value for group, value in by_group.items()})
+    return Evaluation(metrics, records, predicted_age, predicted_gender)
+
+
+def select_split(records: FaceRecords, split: str) -> FaceRecords:
+    """Faces of one split ("train", "val", "test"), or all of them ("all")."""
+    return records if split == "all" else records.subset(records.split == split)
+
+
+def evaluate(model, store, *, split: str = "test", providers=None) -> Evaluation:
+    """Predict the labelled faces of `split` in `store` with the heads in the folder `model`.
+
+    The largest face of each labelled image is used, with the features of the descriptor
+    the model was trained on (the store must hold it).
+    """
+    heads = AgeGenderHeads.load(model, providers=providers)
+    database = EmbeddingStore(store)
+    try:
+        records = database.faces(labelled=True, primary=True, descriptor=heads.card.get("descriptor"))
+    finally:
+        database.close()
+    chosen = select_split(records, split)
+    if len(chosen) == 0:
+        present = sorted(set(records.split.tolist()) - {""})
+        raise StoreError(f"{store}: no labelled faces in split {split!r} (splits present: {present or 'none'}; 'all' takes every face)")
+    outputs = heads.predict(chosen.features)
+    return measure(chosen, outputs.age, outputs.gender)

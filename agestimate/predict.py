@@ -1,0 +1,153 @@
+"""Age and gender of every face in an image: the `Estimator`, and `predict` on the default model."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .descriptors import DEFAULT_DESCRIPTOR
+from .faces import EncodedImage, FaceEncoder
+from .heads import AgeGenderHeads, HeadOutputs
+from .images import DEFAULT_MAX_PIXELS
+from .metrics import age_group, age_group_labels
+
+DEFAULT_MODEL = Path(__file__).parent / "weights" / "default"
+GENDERS = ("male", "female")
+AGE_GROUPS = age_group_labels("adience8")
+
+
+@dataclass(frozen=True)
+class Face:
+    """One face and what the model says of it.
+
+    box : (x1, y1, x2, y2) in image pixels. landmarks : five (x, y) points (eyes, nose, mouth).
+    age : expected age in years (EVR). age_spread : standard deviation of the predicted age
+    distribution. age_group : Adience-8 group of `age`. gender : "male" or "female", with
+    gender_probability its probability. confidence : agreement of the EVR age and the RAPL
+    position in [0, 1] (probability mass of positions within 3 years of `age`).
+    """
+
+    box: tuple[float, float, float, float]
+    landmarks: tuple[tuple[float, float], ...]
+    detection_score: float
+    detection_method: str
+    age: float
+    age_spread: float
+    age_group: str
+    gender: str
+    gender_probability: float
+    confidence: float
+    embedding: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict:
+        result = {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "embedding"}
+        result["box"], result["landmarks"] = list(self.box), [list(point) for point in self.landmarks]
+        if self.embedding is not None:
+            result["embedding"] = self.embedding.tolist()
+        return result
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """The faces of one image of a batch, or why the image could not be read."""
+
+    source: str
+    faces: list[Face]
+    error: str | None = None
+    error_kind: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class Estimator:
+    """Face detection, descriptors and trained heads, loaded once and reused.
+
+    Parameters
+    ----------
+    model : folder with `model.json` and `heads.onnx` (default: the model shipped in the package).
+    providers, threads, det_size, det_thresh, max_faces, crops : see `FaceEncoder`.
+    """
+
+    def __init__(self, model=None, *, providers=None, threads=None, det_size=640, det_thresh=0.5,
+                 max_faces=None, crops=False):
+        self.heads = AgeGenderHeads.load(model or DEFAULT_MODEL, providers=providers)
+        self.encoder = FaceEncoder(det_size=det_size, det_thresh=det_thresh, max_faces=max_faces, crops=crops,
+                                   providers=providers, threads=threads,
+                                   descriptor=self.heads.card.get("descriptor", DEFAULT_DESCRIPTOR))
+
+    @classmethod
+    def load(cls, path, **options) -> Estimator:
+        """An estimator over the model folder `path` (see the class parameters for `options`)."""
+        return cls(path, **options)
+
+    def predict_embeddings(self, X) -> HeadOutputs:
+        """Head outputs for feature vectors of the model's descriptor, shape (n, d)."""
+        return self.heads.predict(X)
+
+    def _faces(self, encoded: EncodedImage, return_embedding: bool) -> list[Face]:
+        outputs = self.heads.predict(encoded.features)
+        groups = age_group(outputs.age, "adience8")
+        faces = []
+        for i, detection in enumerate(encoded.faces):
+            female = float(outputs.gender_prob_female[i])
+            faces.append(Face(
+                box=tuple(float(v) for v in detection.box),
+                landmarks=tuple((float(x), float(y)) for x, y in detection.landmarks),
+                detection_score=detection.score,
+                detection_method=detection.method,
+                age=float(outputs.age[i]),
+                age_spread=float(outputs.age_spread[i]),
+                age_group=AGE_GROUPS[groups[i]],
+                gender=GENDERS[int(female > 0.5)],
+                gender_probability=max(female, 1 - female),
+                confidence=float(outputs.confidence[i]),
+                embedding=encoded.embeddings[i].copy() if return_embedding else None,
+            ))
+        return faces
+
+    def predict(self, image, *, return_embedding: bool = False, max_pixels=DEFAULT_MAX_PIXELS) -> list[Face]:
+        """Every face in one image (any source `load_image` takes), largest first.
+
+        Raises `ImageLoadError` when the image cannot be read.
+        """
+        encoded = self.encoder.encode(image, max_pixels=max_pixels)
+        if encoded.error is not None:
+            raise encoded.error
+        return self._faces(encoded, return_embedding)
+
+    def predict_batch(self, images: Iterable, *, batch_size: int = 32, show_progress: bool = False,
+                      return_embedding: bool = False, max_pixels=DEFAULT_MAX_PIXELS) -> Iterator[ImageResult]:
+        """One `ImageResult` per image, lazily and in input order; a bad image gives an error record."""
+        images = list(images) if show_progress else images
+        total = len(images) if show_progress else None
+        encoded_images = self.encoder.encode_batch(images, batch_size=batch_size, max_pixels=max_pixels)
+        for encoded in tqdm(encoded_images, total=total, disable=not show_progress, unit="img", dynamic_ncols=True):
+            if encoded.error is not None:
+                yield ImageResult(encoded.source, [], encoded.error.reason, encoded.error.kind)
+            else:
+                yield ImageResult(encoded.source, self._faces(encoded, return_embedding))
+
+
+@functools.lru_cache(maxsize=4)
+def _estimator(max_faces=None) -> Estimator:
+    return Estimator(max_faces=max_faces)
+
+
+def predict(image, *, max_faces: int | None = None, return_embedding: bool = False) -> list[Face]:
+    """Age and gender of every face in `image` with the default model (loaded once, on first use)."""
+    return _estimator(max_faces).predict(image, return_embedding=return_embedding)
+
+
+def predict_batch(images: Iterable, *, batch_size: int = 32, show_progress: bool = False,
+                  max_faces: int | None = None) -> Iterator[ImageResult]:
+    """`Estimator.predict_batch` on the default model."""
+    return _estimator(max_faces).predict_batch(images, batch_size=batch_size, show_progress=show_progress)
+
+

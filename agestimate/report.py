@@ -1,0 +1,78 @@
+"""Evaluation reports: report.md, metrics.json and PNG plots (needs matplotlib)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .errors import AgestimateError
+from .evaluation import Evaluation
+from .metrics import age_group, age_group_labels
+
+
+def format_table(metrics: dict) -> str:
+    """The headline numbers as a two-column Markdown table."""
+    rows = ["| measure | value |", "|---|---|"]
+    for key, value in metrics.items():
+        if isinstance(value, float):
+            value = f"{value:.4f}"
+        rows.append(f"| {key} | {'-' if value is None else value} |")
+    return "\n".join(rows)
+
+
+def write_report(evaluation: Evaluation, folder, *, title: str, command: str) -> Path:
+    """Write report.md, metrics.json and four PNG plots into `folder`."""
+    try:
+        import matplotlib
+    except ImportError as error:
+        raise AgestimateError("reports need matplotlib: pip install 'agestimate[train]'") from error
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import confusion_matrix
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    true, predicted = evaluation.records.age, evaluation.predicted_age
+    (folder / "metrics.json").write_text(json.dumps(evaluation.metrics, indent=2) + "\n")
+
+    figure, axes = plt.subplots(figsize=(5, 5))
+    axes.scatter(true, predicted, s=4, alpha=0.4)
+    axes.plot([0, 100], [0, 100], color="black", linewidth=1)
+    axes.set(xlabel="true age", ylabel="predicted age", title="predicted vs true age")
+    figure.savefig(folder / "predicted_vs_true.png", dpi=100, bbox_inches="tight")
+
+    figure, axes = plt.subplots(figsize=(7, 4))
+    ages = np.clip(true.astype(int), 0, 100)
+    errors = np.abs(predicted - true)
+    present = np.unique(ages)
+    axes.bar(present, [errors[ages == age].mean() for age in present], width=1.0)
+    axes.set(xlabel="true age", ylabel="mean absolute error", title="absolute error by true age")
+    figure.savefig(folder / "error_by_age.png", dpi=100, bbox_inches="tight")
+
+    labels = age_group_labels("adience8")
+    matrix = confusion_matrix(age_group(true, "adience8"), age_group(predicted, "adience8"), labels=range(len(labels)))
+    figure, axes = plt.subplots(figsize=(6, 5))
+    image = axes.imshow(matrix, cmap="Blues")
+    axes.set_xticks(range(len(labels)), labels, rotation=45)
+    axes.set_yticks(range(len(labels)), labels)
+    for (row, column), count in np.ndenumerate(matrix):
+        axes.text(column, row, str(count), ha="center", va="center", fontsize=7)
+    axes.set(xlabel="predicted group", ylabel="true group", title="Adience-8 confusion matrix")
+    figure.colorbar(image)
+    figure.savefig(folder / "confusion_adience8.png", dpi=100, bbox_inches="tight")
+
+    decades = {k: v for k, v in evaluation.metrics.items() if k.startswith("mae_") and k[4].isdigit() and v is not None}
+    figure, axes = plt.subplots(figsize=(7, 4))
+    axes.bar([k[4:].replace("_", "-") for k in decades], list(decades.values()))
+    axes.set(xlabel="true age", ylabel="MAE", title="MAE per decade")
+    figure.savefig(folder / "mae_per_decade.png", dpi=100, bbox_inches="tight")
+    plt.close("all")
+
+    (folder / "report.md").write_text(
+        f"# {title}\n\nCommand: `{command}`\n\n{format_table(evaluation.metrics)}\n\n"
+        "![predicted vs true](predicted_vs_true.png)\n![error by age](error_by_age.png)\n"
+        "![Adience-8 confusion](confusion_adience8.png)\n![MAE per decade](mae_per_decade.png)\n"
+    )
+    return folder

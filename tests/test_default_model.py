@@ -1,0 +1,39 @@
+"""The model shipped in the package: no data, no training, no torch."""
+
+import json
+import subprocess
+import sys
+from importlib.metadata import requires
+
+import agestimate
+from agestimate.predict import DEFAULT_MODEL
+
+
+def test_group_photo_gets_plausible_ages_and_genders(players_path):
+    faces = agestimate.predict(players_path)
+    assert len(faces) == 22
+    team = [face for face in faces if face.detection_score >= 0.75]  # the 16 players and staff, all men
+    assert len(team) == 16
+    assert all(face.gender == "male" for face in team)
+    assert all(18 <= face.age <= 70 for face in team)
+    assert sorted(face.age for face in team)[8] < 35  # most of them are young players
+    assert agestimate.predict(players_path, max_faces=2)[0].box == faces[0].box
+
+
+def test_the_card_records_data_and_metrics_meeting_the_targets():
+    card = json.loads((DEFAULT_MODEL / "model.json").read_text())
+    test = card["metrics"]["test"]
+    assert card["descriptor"] == "grid509+flip" and card["options"]["use_rapl"] and card["options"]["use_gender"]
+    assert test["n"] > 2000 and test["mae"] <= 4.5 and test["cs5"] >= 0.67 and test["one_off_adience8"] >= 0.96
+    assert test["gender_accuracy"] >= 0.945
+    assert card["metrics"]["fgnet_all"]["mae"] <= 4.9
+    assert (DEFAULT_MODEL / "heads.onnx").stat().st_size < 5_000_000
+
+
+def test_prediction_needs_no_torch():
+    core = [r for r in requires("agestimate") if "extra ==" not in r]
+    assert not any(r.lower().startswith(("torch", "scikit-learn")) for r in core)
+    code = ("import sys, agestimate; from agestimate.models import weights_dir; "
+            "agestimate.predict(weights_dir() / 'yaoming.jpg'); "
+            "sys.exit(int(any(m.split('.')[0] in ('torch', 'sklearn') for m in sys.modules)))")
+    assert subprocess.run([sys.executable, "-c", code], cwd="/").returncode == 0

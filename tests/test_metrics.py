@@ -1,0 +1,83 @@
+import numpy as np
+import pytest
+
+from agestimate.metrics import (
+    age_group,
+    age_group_labels,
+    age_metrics,
+    cumulative_score,
+    exact_accuracy,
+    gender_accuracy,
+    mae,
+    mae_by_group,
+    one_off_accuracy,
+    summary,
+)
+
+Y_TRUE = [10, 20, 30, 40]
+Y_PRED = [12, 20, 25, 50]  # errors 2, 0, 5, 10
+
+
+def test_mae_and_cumulative_score():
+    assert mae(Y_TRUE, Y_PRED) == pytest.approx(4.25)
+    assert cumulative_score(Y_TRUE, Y_PRED) == pytest.approx(0.75)  # |err| <= 5 counts
+    assert cumulative_score(Y_TRUE, Y_PRED, tolerance=1) == pytest.approx(0.25)
+
+
+def test_adience8_groups_at_cut_points():
+    ages = [0, 2.99, 3, 6.9, 7, 13.49, 13.5, 22.5, 35, 45.5, 56.49, 56.5, 120]
+    assert age_group(ages, "adience8").tolist() == [0, 0, 1, 1, 2, 2, 3, 4, 5, 6, 6, 7, 7]
+    assert age_group_labels("adience8") == ["0-2", "4-6", "8-12", "15-20", "25-32", "38-43", "48-53", "60+"]
+
+
+def test_fixed_width_bins_end_open():
+    assert age_group([0, 4.9, 5, 99.9, 100, 150], "bins5").tolist() == [0, 0, 1, 19, 20, 20]
+    assert age_group([9.99, 10, 100, 250], "bins10").tolist() == [0, 1, 10, 10]
+    assert age_group_labels("bins10") == [f"{10 * i}-{10 * i + 9}" for i in range(10)] + ["100+"]
+    assert len(age_group_labels("bins5")) == 21
+
+
+def test_one_off_and_exact_accuracy():
+    y_true, y_pred = [5, 30, 70, 1], [10, 40, 40, 1]  # groups 1,4,7,0 vs 2,5,5,0
+    assert one_off_accuracy(y_true, y_pred, scheme="adience8") == pytest.approx(0.75)
+    assert exact_accuracy(y_true, y_pred, scheme="adience8") == pytest.approx(0.25)
+    assert one_off_accuracy([0, 14], [10, 5], scheme="bins5") == pytest.approx(0.5)  # groups 0/2 and 2/1
+
+
+def test_gender_accuracy_ignores_unknown():
+    assert gender_accuracy([0, 1, 1, -1, -1], [0, 1, 0, 1, 0]) == pytest.approx(2 / 3)
+    assert gender_accuracy([-1, -1], [0, 1]) is None
+    assert gender_accuracy([0, 1], [-1, -1]) is None  # a model without a gender head
+
+
+def test_mae_by_group():
+    assert mae_by_group(Y_TRUE, Y_PRED, ["a", "a", "b", "b"]) == {"a": 1.0, "b": 7.5}
+    assert mae_by_group(Y_TRUE, Y_PRED, np.array([2, 1, 2, 1])) == {1: 5.0, 2: 3.5}
+
+
+def test_summary_keys_and_values():
+    result = summary([10, 20, 65, 75], [12, 20, 60, 85], gender_true=[0, 1, -1, 1], gender_pred=[0, 0, 1, 1])
+    assert result["n"] == 4
+    assert result["mae"] == pytest.approx(17 / 4)
+    assert result["cs5"] == pytest.approx(0.75)
+    assert result["mae_60plus"] == pytest.approx(7.5)
+    assert result["mae_10_19"] == pytest.approx(2.0)
+    assert result["mae_0_9"] is None and result["mae_100plus"] is None
+    assert result["gender_accuracy"] == pytest.approx(2 / 3)
+    for key in ("one_off_adience8", "exact_adience8", "one_off_bins5", "exact_bins5"):
+        assert 0.0 <= result[key] <= 1.0
+
+
+def test_summary_unknowns_are_none():
+    result = summary([10, 20], [11, 21])
+    assert result["gender_accuracy"] is None and result["mae_60plus"] is None
+    empty = age_metrics([], [])
+    assert empty["n"] == 0 and empty["mae"] is None and empty["one_off_adience8"] is None
+    assert set(empty) == set(age_metrics([10], [10]))
+
+
+def test_bad_input_names_the_problem():
+    with pytest.raises(ValueError, match="adience9"):
+        age_group([1, 2], "adience9")
+    with pytest.raises(ValueError, match=r"\(3,\) and \(2,\)"):
+        mae([1, 2, 3], [1, 2])

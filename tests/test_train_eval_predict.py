@@ -1,0 +1,127 @@
+"""End to end at tiny size: embed labelled faces, train heads, evaluate, predict (CLI and Python)."""
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("torch")
+
+from agestimate.cli.main import cli  # noqa: E402
+from agestimate.predict import Estimator  # noqa: E402
+
+from conftest import add_bad_files  # noqa: E402
+
+EXPECTED_KEYS = {"n", "mae", "cs5", "one_off_adience8", "exact_adience8", "gender_accuracy", "mae_60plus"}
+
+
+def run(*args):
+    result = CliRunner().invoke(cli, list(map(str, args)), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A store of 16 labelled faces (4 people, train/val/test) and heads trained on it."""
+    from conftest import FIXTURES
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("e2e")
+    folder = root / "faces"
+    folder.mkdir()
+    rows = []
+    for i, path in enumerate(sorted((FIXTURES / "utkface").iterdir())):
+        age, gender = path.name.split("_")[:2]
+        for mirrored in (False, True):
+            name = f"{i}{'m' if mirrored else ''}.jpg"
+            image = Image.open(path)
+            (image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if mirrored else image).save(folder / name, quality=95)
+            split = ["train", "train", "val", "test"][(2 * i + mirrored) % 4]
+            rows.append([name, age, gender, f"p{i % 4}", split])
+    with open(folder / "labels.csv", "w", newline="") as stream:
+        csv.writer(stream).writerows([["path", "age", "gender", "person", "split"], *rows])
+    store, model = root / "store", root / "model"
+    run("embed", folder, "--store", store, "--labels", folder / "labels.csv")
+    run("train", "--store", store, "--out", model, "--epochs", "3")
+    return store, model, folder
+
+
+def test_train_writes_an_onnx_model_with_its_card(trained):
+    store, model, _ = trained
+    card = json.loads((model / "model.json").read_text())
+    assert (model / "heads.onnx").is_file()
+    assert card["descriptor"] == "grid509+flip" and card["input_dim"] == 2048
+    assert card["data"]["faces_per_split"] == {"train": 8, "val": 4, "test": 4}
+    assert EXPECTED_KEYS <= set(card["metrics"]["test"])
+    assert len(card["embedding_model_sha256"]) == 64
+
+
+def test_eval_json_report_and_lopo(trained, tmp_path):
+    store, model, _ = trained
+    metrics = json.loads(run("eval", "--model", model, "--store", store, "--split", "test", "--json").stdout)
+    assert EXPECTED_KEYS <= set(metrics) and metrics["n"] == 4
+    assert 0 <= metrics["mae"] < 100 and 0 <= metrics["cs5"] <= 1
+    run("eval", "--model", model, "--store", store, "--split", "all", "--report", tmp_path / "report")
+    assert {p.name for p in (tmp_path / "report").iterdir()} >= {
+        "report.md", "metrics.json", "predicted_vs_true.png", "confusion_adience8.png", "mae_per_decade.png"}
+    lopo = json.loads(run("eval", "--store", store, "--protocol", "lopo", "--epochs", "2", "--json").stdout)
+    assert lopo["n"] == 16
+
+
+def test_ablation_prints_the_five_variants(trained):
+    store, _, _ = trained
+    rows = json.loads(run("ablation", "--store", store, "--seeds", "0", "--epochs", "2", "--json").stdout)
+    assert [row["variant"] for row in rows] == ["FC", "EVR", "EVR+GP", "EVR+RAPL", "EVR+RAPL+GP"]
+    assert rows[0]["gender_accuracy"] is None and rows[2]["gender_accuracy"] is not None
+
+
+def test_estimator_predicts_every_face_of_the_group_photo(trained, players_path):
+    _, model, _ = trained
+    estimator = Estimator.load(model, threads=2)
+    faces = estimator.predict(players_path, return_embedding=True)
+    assert len(faces) == 22
+    for face in faces:
+        assert 0 <= face.age <= 100 and face.age_spread >= 0 and 0 <= face.confidence <= 1
+        assert face.gender in ("male", "female") and 0.5 <= face.gender_probability <= 1
+        assert face.embedding.shape == (512,)
+    assert set(faces[0].to_dict()) >= {"box", "age", "age_group", "gender", "confidence", "embedding"}
+    features = estimator.encoder.encode(players_path).features
+    assert np.allclose(estimator.predict_embeddings(features).age, [f.age for f in faces], atol=1e-4)
+
+
+def test_predict_batch_keeps_order_and_reports_bad_images(trained, players_path, tmp_path):
+    _, model, folder = trained
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("no image")
+    results = list(Estimator.load(model).predict_batch([folder / "0.jpg", bad, players_path]))
+    assert [r.ok for r in results] == [True, False, True]
+    assert results[1].error_kind == "not an image" and len(results[2].faces) == 22
+
+
+def test_cli_predict_rows_reasons_jsonl_and_annotations(trained, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    _, model, folder = trained
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("0.jpg", "1.jpg"):
+        (images / name).write_bytes((folder / name).read_bytes())
+    Image.fromarray(np.full((120, 160, 3), 90, np.uint8)).save(images / "wall.png")
+    add_bad_files(images)
+    result = run("predict", images, "--model", model, "--annotate", tmp_path / "drawn")
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    by_file = {row["file"].rsplit("/", 1)[1]: row for row in rows}
+    assert by_file["wall.png"]["error"] == "no face"
+    assert "not a recognised image format" in by_file["notes.jpg"]["error"]
+    assert by_file["empty.jpg"]["error"] == "empty file (0 bytes)"
+    assert "truncated" in by_file["truncated.jpg"]["error"]
+    assert float(by_file["0.jpg"]["age"]) > 0 and by_file["0.jpg"]["gender"] in ("male", "female")
+    assert sorted(p.name for p in (tmp_path / "drawn").iterdir()) == ["0.jpg", "1.jpg"]
+    run("predict", images / "*.jpg", "--model", model, "--out", tmp_path / "out.jsonl")
+    lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert len(lines) == 5 and sum("age" in line for line in lines) == 2

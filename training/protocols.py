@@ -1,0 +1,147 @@
+"""Training protocols over a store: the fixed split, leave-one-person-out, and the ablation."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+
+import numpy as np
+
+from agestimate.errors import StoreError
+from agestimate.evaluation import Evaluation, measure, select_split
+from agestimate.store import EmbeddingStore, FaceRecords
+
+from .export import save_model_dir
+from .fit import FittedHeads, HeadOptions, fit_heads
+
+logger = logging.getLogger(__name__)
+
+# The paper's Table 3 rows, as head options.
+ABLATION_VARIANTS = {
+    "FC": dict(regression="fc", use_rapl=False, use_gender=False),
+    "EVR": dict(use_rapl=False, use_gender=False),
+    "EVR+GP": dict(use_rapl=False, use_gender=True),
+    "EVR+RAPL": dict(use_rapl=True, use_gender=False),
+    "EVR+RAPL+GP": dict(use_rapl=True, use_gender=True),
+}
+
+
+def labelled_faces(store, descriptor: str | None = None) -> tuple[FaceRecords, str]:
+    """The largest face of every labelled image in `store`, and the descriptor of its features."""
+    database = EmbeddingStore(store)
+    try:
+        descriptor = descriptor or database.descriptor
+        return database.faces(labelled=True, primary=True, descriptor=descriptor), descriptor
+    finally:
+        database.close()
+
+
+def fit_on(train: FaceRecords, val: FaceRecords, options: HeadOptions, device=None, progress=False) -> FittedHeads:
+    return fit_heads(train.features, train.age, train.gender, val.features, val.age, val.gender,
+                     options=options, device=device, progress=progress)
+
+
+def predict_with(fitted: FittedHeads, records: FaceRecords) -> Evaluation:
+    """Measure a trained (torch) model on `records`."""
+    outputs = fitted.predict(records.features)
+    female = outputs.get("gender_prob_female")
+    gender = (female > 0.5).astype(np.int64) if female is not None else np.full(len(records), -1)
+    return measure(records, outputs["age"], gender)
+
+
+def train(store, out, *, descriptor: str | None = None, options: HeadOptions = HeadOptions(), device=None,
+          progress: bool = False, command: str = "") -> dict:
+    """Train heads on the store's train split (best epoch on val), save them to `out`, return the card.
+
+    The model card records the data, counts, options, descriptor, embedding model and the
+    val and test metrics.
+    """
+    records, descriptor = labelled_faces(store, descriptor)
+    splits = {name: select_split(records, name) for name in ("train", "val", "test")}
+    if len(splits["train"]) == 0 or len(splits["val"]) == 0:
+        raise StoreError(
+            f"{store}: training needs labelled faces in the train and val splits (found {len(splits['train'])} and "
+            f"{len(splits['val'])}); label a split in the CSV, or use `agestimate eval --protocol lopo`"
+        )
+    started = time.perf_counter()
+    fitted = fit_on(splits["train"], splits["val"], options, device, progress)
+    seconds = time.perf_counter() - started
+    metrics = {name: predict_with(fitted, part).metrics for name, part in splits.items() if len(part)}
+    database = EmbeddingStore(store)
+    embedding_model = database.model_sha256
+    database.close()
+    card = {
+        "data": {"store": str(store), "faces_per_split": {name: len(part) for name, part in splits.items()},
+                 "face": "largest face of each labelled image"},
+        "descriptor": descriptor,
+        "embedding_model_sha256": embedding_model,
+        "training_seconds": round(seconds, 1),
+        "command": command,
+        "metrics": metrics,
+    }
+    save_model_dir(fitted, out, card=card)
+    return card
+
+
+def leave_one_person_out(store, *, descriptor: str | None = None, options: HeadOptions = HeadOptions(),
+                         device=None, val_fraction: float = 0.1, progress: bool = False) -> Evaluation:
+    """Train on all other people, predict the one left out, for every person; metrics over all faces.
+
+    The best epoch is chosen on a validation set of other people (`val_fraction` of them,
+    drawn with the options' seed), never on the person left out.
+    """
+    records, _ = labelled_faces(store, descriptor)
+    people = np.array(sorted(set(records.person.tolist()) - {""}))
+    if len(people) < 3:
+        raise StoreError(f"{store}: leave-one-person-out needs person labels for at least 3 people, found {len(people)}")
+    predicted_age = np.full(len(records), np.nan, np.float32)
+    predicted_gender = np.full(len(records), -1, np.int64)
+    rng = np.random.default_rng(options.seed)
+    for person in tqdm_if(people, progress, "lopo"):
+        others = people[people != person]
+        val_people = rng.choice(others, size=max(1, round(val_fraction * len(others))), replace=False)
+        held_out = records.person == person
+        val = np.isin(records.person, val_people)
+        fitted = fit_on(records.subset(~held_out & ~val), records.subset(val), options, device)
+        result = predict_with(fitted, records.subset(held_out))
+        predicted_age[held_out] = result.predicted_age
+        predicted_gender[held_out] = result.predicted_gender
+    scored = records.person != ""
+    return measure(records.subset(scored), predicted_age[scored], predicted_gender[scored])
+
+
+def ablation(store, *, descriptor: str | None = None, seeds=(0, 1, 2), options: HeadOptions = HeadOptions(),
+             device=None, progress: bool = False) -> list[dict]:
+    """The paper's Table 3 on this store: each variant trained with each seed, measured on test.
+
+    Returns one row per variant: mean and standard deviation over seeds of MAE, CS@5 and gender
+    accuracy (None for variants without a gender head), and the training seconds.
+    """
+    records, _ = labelled_faces(store, descriptor)
+    train_part, val_part, test_part = (select_split(records, name) for name in ("train", "val", "test"))
+    rows = []
+    for name, changes in ABLATION_VARIANTS.items():
+        runs = []
+        for seed in seeds:
+            started = time.perf_counter()
+            fitted = fit_on(train_part, val_part, dataclasses.replace(options, seed=seed, **changes), device)
+            metrics = predict_with(fitted, test_part).metrics
+            runs.append({**metrics, "seconds": time.perf_counter() - started})
+            if progress:
+                logger.warning("%s seed %d: MAE %.3f", name, seed, metrics["mae"])
+        row = {"variant": name, "seeds": len(seeds)}
+        for key in ("mae", "cs5", "gender_accuracy", "mae_60plus", "seconds"):
+            values = [run[key] for run in runs if run[key] is not None]
+            gender_head = changes.get("use_gender", True)
+            usable = values and (key != "gender_accuracy" or gender_head)
+            row[key] = float(np.mean(values)) if usable else None
+            row[f"{key}_std"] = float(np.std(values)) if usable else None
+        rows.append(row)
+    return rows
+
+
+def tqdm_if(items, progress: bool, description: str):
+    from tqdm import tqdm
+
+    return tqdm(items, desc=description, disable=not progress, dynamic_ncols=True)
