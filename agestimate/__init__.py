@@ -3,7 +3,7 @@
 from .errors import AgestimateError, ImageLoadError
 from .faces import FaceEncoder
 from .images import load_image
-from .predict import Estimator, Face, ImageResult, predict, predict_batch
+from .predict import Estimator, Face, ImageResult, predict, predict_batch, predict_embeddings
 from .store import EmbeddingStore
 
 __all__ = [
@@ -17,5 +17,6 @@ __all__ = [
     "load_image",
     "predict",
     "predict_batch",
+    "predict_embeddings",
 ]
 __version__ = "0.1.0"

@@ -27,6 +27,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from .errors import ModelFileError
+from .models import default_providers
+
 logger = logging.getLogger(__name__)
 
 SUPPORTED_FORMAT_VERSION = 1
@@ -65,12 +68,6 @@ class HeadOutputs:
 
     def __len__(self) -> int:
         return len(self.age)
-
-
-def default_providers() -> list[str]:
-    """CUDA when this ONNX Runtime offers it, then CPU."""
-    available = ort.get_available_providers()
-    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
 
 class AgeGenderHeads:
@@ -112,31 +109,31 @@ class AgeGenderHeads:
         model_dir = Path(model_dir)
         card_path = model_dir / "model.json"
         if not card_path.is_file():
-            raise FileNotFoundError(f"no model card {card_path} (is {model_dir} a heads model directory?)")
+            raise ModelFileError(f"no model card {card_path} (is {model_dir} a heads model directory?)")
         try:
             card = json.loads(card_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ValueError(f"{card_path} is not valid JSON: {error}") from error
+            raise ModelFileError(f"{card_path} is not valid JSON: {error}") from error
         missing = {"format_version", "input_dim", "max_age", "position_ages", "options"} - set(card)
         if missing:
-            raise ValueError(f"{card_path} lacks the fields {sorted(missing)}")
+            raise ModelFileError(f"{card_path} lacks the fields {sorted(missing)}")
         if card["format_version"] != SUPPORTED_FORMAT_VERSION:
-            raise ValueError(
+            raise ModelFileError(
                 f"{card_path} has format_version {card['format_version']!r}; this agestimate reads "
                 f"{SUPPORTED_FORMAT_VERSION}"
             )
         onnx_path = model_dir / card.get("onnx_file", "heads.onnx")
         if not onnx_path.exists():
-            raise FileNotFoundError(f"ONNX file {onnx_path} named in {card_path} does not exist")
+            raise ModelFileError(f"ONNX file {onnx_path} named in {card_path} does not exist")
         if not onnx_path.is_file():
-            raise ValueError(f"ONNX file {onnx_path} is not a regular file")
+            raise ModelFileError(f"ONNX file {onnx_path} is not a regular file")
         try:
             session = ort.InferenceSession(str(onnx_path), providers=providers or default_providers())
         except Exception as error:  # ONNX Runtime raises its own exception types for bad files
-            raise ValueError(f"cannot load ONNX file {onnx_path}: {error}") from error
+            raise ModelFileError(f"cannot load ONNX file {onnx_path}: {error}") from error
         outputs = {o.name for o in session.get_outputs()}
         if not set(OUTPUT_NAMES) <= outputs:
-            raise ValueError(f"{onnx_path} lacks the outputs {sorted(set(OUTPUT_NAMES) - outputs)}")
+            raise ModelFileError(f"{onnx_path} lacks the outputs {sorted(set(OUTPUT_NAMES) - outputs)}")
         logger.debug("loaded heads %s on %s", onnx_path, session.get_providers())
         return cls(session, card)
 

@@ -16,7 +16,8 @@ from .heads import AgeGenderHeads, HeadOutputs
 from .images import DEFAULT_MAX_PIXELS
 from .metrics import age_group, age_group_labels
 
-DEFAULT_MODEL = Path(__file__).parent / "weights" / "default"
+DEFAULT_MODEL = Path(__file__).parent / "weights" / "default"  # features of DEFAULT_DESCRIPTOR
+EMBEDDING_MODEL = Path(__file__).parent / "weights" / "embedding"  # plain 512-d ArcFace embeddings
 GENDERS = ("male", "female")
 AGE_GROUPS = age_group_labels("adience8")
 
@@ -88,7 +89,9 @@ class Estimator:
         return cls(path, **options)
 
     def predict_embeddings(self, X) -> HeadOutputs:
-        """Head outputs for feature vectors of the model's descriptor, shape (n, d)."""
+        """Head outputs for feature vectors of the model's descriptor (`heads.card["descriptor"]`),
+        shape (n, d). For plain ArcFace embeddings use ``Estimator.load(EMBEDDING_MODEL)`` or
+        `agestimate.predict_embeddings`."""
         return self.heads.predict(X)
 
     def _faces(self, encoded: EncodedImage, return_embedding: bool) -> list[Face]:
@@ -143,6 +146,19 @@ def _estimator(max_faces=None) -> Estimator:
 def predict(image, *, max_faces: int | None = None, return_embedding: bool = False) -> list[Face]:
     """Age and gender of every face in `image` with the default model (loaded once, on first use)."""
     return _estimator(max_faces).predict(image, return_embedding=return_embedding)
+
+
+def predict_embeddings(embeddings) -> HeadOutputs:
+    """Age and gender from L2-normalised 512-d ArcFace (w600k_mbf) embeddings, shape (n, 512).
+
+    Uses the shipped model trained on plain embeddings; no detector or recogniser is loaded.
+    """
+    return _embedding_heads().predict(embeddings)
+
+
+@functools.lru_cache(maxsize=1)
+def _embedding_heads() -> AgeGenderHeads:
+    return AgeGenderHeads.load(EMBEDDING_MODEL)
 
 
 def predict_batch(images: Iterable, *, batch_size: int = 32, show_progress: bool = False,

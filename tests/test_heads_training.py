@@ -6,6 +6,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from agestimate.errors import ModelFileError  # noqa: E402
 from agestimate.heads import AgeGenderHeads  # noqa: E402
 from agestimate.training.export import save_model_dir  # noqa: E402
 from agestimate.training.fit import FittedHeads, HeadOptions, fit_heads  # noqa: E402
@@ -222,15 +223,15 @@ def test_heads_predict_edge_cases(model_dir):
 
 
 def test_heads_load_errors_name_the_path(model_dir, tmp_path):
-    with pytest.raises(FileNotFoundError, match="model.json"):
+    with pytest.raises(ModelFileError, match="model.json"):
         AgeGenderHeads.load(tmp_path)
     (tmp_path / "model.json").write_text((model_dir / "model.json").read_text())
-    with pytest.raises(FileNotFoundError, match="heads.onnx"):
+    with pytest.raises(ModelFileError, match="heads.onnx"):
         AgeGenderHeads.load(tmp_path)
     (tmp_path / "heads.onnx").mkdir()
-    with pytest.raises(ValueError, match="not a regular file"):
+    with pytest.raises(ModelFileError, match="not a regular file"):
         AgeGenderHeads.load(tmp_path)
     (tmp_path / "heads.onnx").rmdir()
     (tmp_path / "heads.onnx").write_bytes((model_dir / "heads.onnx").read_bytes()[:100])
-    with pytest.raises(ValueError, match="heads.onnx"):
+    with pytest.raises(ModelFileError, match="heads.onnx"):
         AgeGenderHeads.load(tmp_path)

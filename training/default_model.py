@@ -1,12 +1,14 @@
-"""The recipe of the model shipped in `agestimate/weights/default`: rerun it with one command.
+"""The recipe of the models shipped in `agestimate/weights/`: rerun it with one command.
 
     agestimate embed ../shared/data/utkface/images --labels ../shared/data/utkface/labels.csv --store utk.store
     agestimate embed ../shared/data/fgnet/images --labels fgnet --store fg.store
     python -m agestimate.training.default_model --store utk.store --fgnet-store fg.store
 
-Trains EVR + gender + RAPL heads on the UTKFace train split (best epoch on val) with the
-default descriptor, and records in the model card the metrics on the UTKFace test split and on
-all of FG-NET (never seen in training).
+Trains EVR + gender + RAPL heads on the UTKFace train split (best epoch on val), once with the
+default descriptor (`weights/default`, used by `agestimate.predict`) and once on the plain
+512-d identity embedding (`weights/embedding`, for users who already have ArcFace embeddings),
+and records in each model card the metrics on the UTKFace test split and on all of FG-NET
+(never seen in training).
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ from pathlib import Path
 
 from agestimate.descriptors import DEFAULT_DESCRIPTOR
 from agestimate.evaluation import evaluate
+from agestimate.predict import DEFAULT_MODEL
 
 from .fit import HeadOptions
 from .protocols import train
 
-OUTPUT = Path(__file__).resolve().parents[1] / "agestimate" / "weights" / "default"
+WEIGHTS = DEFAULT_MODEL.parent  # agestimate/weights of the checkout (or installation) running this
+MODELS = {"default": DEFAULT_DESCRIPTOR, "embedding": "emb"}
 OPTIONS = HeadOptions()
 
 
@@ -30,18 +34,21 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--store", required=True, help="UTKFace store with the fixed train/val/test split")
     parser.add_argument("--fgnet-store", required=True, help="FG-NET store, evaluated as a whole")
-    parser.add_argument("--out", default=str(OUTPUT))
+    parser.add_argument("--out", default=str(WEIGHTS), help="folder receiving default/ and embedding/")
     args = parser.parse_args(argv)
     command = "python -m agestimate.training.default_model " + " ".join(argv if argv is not None else sys.argv[1:])
-    card = train(args.store, args.out, descriptor=DEFAULT_DESCRIPTOR, options=OPTIONS, progress=True, command=command)
-    fgnet = evaluate(args.out, args.fgnet_store, split="all").metrics
-    card_path = Path(args.out) / "model.json"
-    stored = json.loads(card_path.read_text())
-    stored["metrics"]["fgnet_all"] = fgnet
-    stored["data"]["fgnet_store"] = args.fgnet_store
-    stored["licence"] = "heads trained on UTKFace (non-commercial research); face models: insightface, non-commercial research only"
-    card_path.write_text(json.dumps(stored, indent=2) + "\n")
-    print(json.dumps({"utkface_test": card["metrics"]["test"], "fgnet": fgnet}, indent=2))
+    for name, descriptor in MODELS.items():
+        folder = Path(args.out) / name
+        card = train(args.store, folder, descriptor=descriptor, options=OPTIONS, progress=True, command=command)
+        fgnet = evaluate(folder, args.fgnet_store, split="all").metrics
+        stored = json.loads((folder / "model.json").read_text())
+        stored["metrics"]["fgnet_all"] = fgnet
+        stored["data"]["fgnet_store"] = args.fgnet_store
+        stored["licence"] = ("heads trained on UTKFace (non-commercial research only); "
+                             "face models from insightface (non-commercial research only)")
+        (folder / "model.json").write_text(json.dumps(stored, indent=2) + "\n")
+        print(json.dumps({"model": name, "training_seconds": card["training_seconds"],
+                          "utkface_test": card["metrics"]["test"], "fgnet": fgnet}, indent=2))
 
 
 if __name__ == "__main__":

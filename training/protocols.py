@@ -38,6 +38,10 @@ def labelled_faces(store, descriptor: str | None = None) -> tuple[FaceRecords, s
 
 
 def fit_on(train: FaceRecords, val: FaceRecords, options: HeadOptions, device=None, progress=False) -> FittedHeads:
+    """`fit_heads` on store records; without any gender label in `train`, the gender head is left out."""
+    if options.use_gender and not (train.gender >= 0).any():
+        logger.warning("no gender labels in the training faces: training without the gender head")
+        options = dataclasses.replace(options, use_gender=False)
     return fit_heads(train.features, train.age, train.gender, val.features, val.age, val.gender,
                      options=options, device=device, progress=progress)
 
