@@ -63,7 +63,8 @@ def write_report(evaluation: Evaluation, folder, *, title: str, command: str) ->
     figure.colorbar(image)
     figure.savefig(folder / "confusion_adience8.png", dpi=100, bbox_inches="tight")
 
-    decades = {k: v for k, v in evaluation.metrics.items() if k.startswith("mae_") and k[4].isdigit() and v is not None}
+    decade_keys = [f"mae_{label.replace('-', '_').replace('+', 'plus')}" for label in age_group_labels("bins10")]
+    decades = {k: evaluation.metrics[k] for k in decade_keys if evaluation.metrics.get(k) is not None}
     figure, axes = plt.subplots(figsize=(7, 4))
     axes.bar([k[4:].replace("_", "-") for k in decades], list(decades.values()))
     axes.set(xlabel="true age", ylabel="MAE", title="MAE per decade")
