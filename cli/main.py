@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from agestimate.descriptors import DEFAULT_DESCRIPTOR, Descriptor
-from agestimate.errors import AgestimateError
+from agestimate.errors import AgestimateError, ImageLoadError
 
 
 def _fail_cleanly(function):
@@ -218,7 +218,7 @@ def ablation(store, descriptor, seeds, epochs, device, as_json):
                    f"{cell('mae_60plus')} | {row['seconds']:.0f} |")
 
 
-PREDICTION_COLUMNS = ["file", "face", "x1", "y1", "x2", "y2", "age", "age_spread", "age_group", "gender",
+PREDICTION_COLUMNS = ["file", "frame", "face", "x1", "y1", "x2", "y2", "age", "age_spread", "age_group", "gender",
                       "gender_probability", "confidence", "detection_score", "detection_method", "error"]
 
 
@@ -255,7 +255,7 @@ def _prediction_rows(result):
 
 
 @cli.command()
-@click.argument("sources", nargs=-1, required=True)
+@click.argument("sources", nargs=-1)
 @click.option("--model", default=None, type=click.Path(file_okay=False), help="Model folder (default: the shipped model).")
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="FILE.csv or FILE.jsonl (default: CSV on stdout).")
 @click.option("--annotate", default=None, type=click.Path(file_okay=False), help="Write annotated images into this folder.")
@@ -264,17 +264,27 @@ def _prediction_rows(result):
 @click.option("--crops", is_flag=True, help="Inputs are tight face crops (see `embed --crops`).")
 @click.option("--batch-size", default=32, show_default=True)
 @click.option("--threads", type=int, default=None)
+@click.option("--webcam", type=int, default=None, help="Read this camera (index) instead of SOURCES.")
+@click.option("--every", default=1, show_default=True, help="Videos: analyse every N-th frame, carry faces over between.")
+@click.option("--max-frames", type=int, default=None, help="Videos: stop after N frames.")
 @_fail_cleanly
-def predict(sources, model, out, annotate, recursive, max_faces, crops, batch_size, threads):
-    """Age and gender of every face in SOURCES (files, folders, globs): one row per face,
-    and one row with the reason for each image with no face or an error."""
+def predict(sources, model, out, annotate, recursive, max_faces, crops, batch_size, threads, webcam, every, max_frames):
+    """Age and gender of every face in SOURCES (files, folders, globs, videos): one row per face,
+    and one row with the reason for each image with no face or an error. Videos (.mp4, .avi, ...)
+    and --webcam give one row per face per frame, and an annotated .avi with --annotate."""
     import csv
     import time
     from collections import Counter
 
     from agestimate.predict import Estimator
 
+    from agestimate.video import VIDEO_SUFFIXES
+
+    if not sources and webcam is None:
+        raise click.UsageError("give SOURCES or --webcam")
     paths = _expand_sources(sources, recursive)
+    videos = [p for p in paths if p.suffix.lower() in VIDEO_SUFFIXES] + ([webcam] if webcam is not None else [])
+    paths = [p for p in paths if p.suffix.lower() not in VIDEO_SUFFIXES]
     estimator = Estimator(model, max_faces=max_faces, crops=crops, threads=threads)
     if out is not None and not out.endswith((".csv", ".jsonl")):
         raise click.BadParameter("must end in .csv or .jsonl", param_hint="--out")
@@ -283,25 +293,59 @@ def predict(sources, model, out, annotate, recursive, max_faces, crops, batch_si
     if writer:
         writer.writeheader()
     counts, started = Counter(), time.perf_counter()
+
+    def emit(row: dict) -> None:
+        if writer:
+            writer.writerow(row)
+        else:
+            stream.write(json.dumps(row) + "\n")
+
     try:
         for result in estimator.predict_batch(paths, batch_size=batch_size, show_progress=True):
             counts["images"] += 1
             counts["faces"] += len(result.faces)
             counts["no face" if result.ok and not result.faces else result.error_kind or "ok"] += 1
             for row in _prediction_rows(result):
-                if writer:
-                    writer.writerow(row)
-                else:
-                    stream.write(json.dumps(row) + "\n")
+                emit(row)
             if annotate and result.faces:
                 _write_annotated(result, Path(annotate))
+        for video in videos:
+            _predict_video(video, estimator, emit, annotate, every, max_frames, counts)
     finally:
         if out:
             stream.close()
     seconds = time.perf_counter() - started
-    errors = {kind: n for kind, n in counts.items() if kind not in ("images", "faces", "ok", "no face")}
+    errors = {kind: n for kind, n in counts.items() if kind not in ("images", "faces", "ok", "no face", "frames")}
     click.echo(f"{counts['images']} images, {counts['faces']} faces, {counts['no face']} without a face, "
                f"errors: {errors or 'none'}; {counts['images'] / max(seconds, 1e-9):.1f} images/s", err=True)
+
+
+def _predict_video(video, estimator, emit, annotate, every, max_frames, counts) -> None:
+    import time
+
+    from agestimate.predict import ImageResult
+    from agestimate.video import predict_video
+
+    name = f"webcam {video}" if isinstance(video, int) else str(video)
+    target = None
+    if annotate:
+        Path(annotate).mkdir(parents=True, exist_ok=True)
+        target = Path(annotate) / ((f"webcam{video}" if isinstance(video, int) else Path(video).stem) + ".avi")
+    started, frames = time.perf_counter(), 0
+    try:
+        for frame in predict_video(video, estimator, every=every, annotate_to=target, max_frames=max_frames):
+            frames += 1
+            for index, face in enumerate(frame.faces):
+                row = next(_prediction_rows(ImageResult(name, [face])))
+                emit({**row, "frame": frame.frame, "face": index})
+    except ImageLoadError as error:  # one unreadable video does not stop the batch
+        emit({"file": name, "error": error.reason})
+        counts[error.kind] += 1
+        return
+    seconds = time.perf_counter() - started
+    counts["frames"] += frames
+    click.echo(f"{name}: {frames} frames in {seconds:.1f} s, {frames / max(seconds, 1e-9):.1f} frames/s "
+               f"(every {every}. frame analysed)", err=True)
 
 
 def _write_annotated(result, folder: Path) -> None:

@@ -125,3 +125,26 @@ def test_cli_predict_rows_reasons_jsonl_and_annotations(trained, tmp_path):
     run("predict", images / "*.jpg", "--model", model, "--out", tmp_path / "out.jsonl")
     lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert len(lines) == 5 and sum("age" in line for line in lines) == 2
+
+
+def test_video_rows_per_frame_and_an_annotated_copy(trained, players_path, tmp_path):
+    import cv2
+
+    _, model, _ = trained
+    photo = cv2.resize(cv2.imread(str(players_path)), (640, 480))
+    clip = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 10, (640, 480))
+    for shift in range(4):
+        writer.write(np.roll(photo, 4 * shift, axis=1))
+    writer.release()
+    result = run("predict", clip, "--model", model, "--annotate", tmp_path / "drawn", "--every", "2", "--max-faces", "3")
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert [(row["frame"], row["face"]) for row in rows] == [(str(f), str(i)) for f in range(4) for i in range(3)]
+    assert rows[0]["age"] == rows[3]["age"]  # frame 1 carries frame 0's faces over
+    assert "4 frames" in result.stderr and "frames/s" in result.stderr
+    annotated = cv2.VideoCapture(str(tmp_path / "drawn" / "clip.avi"))
+    assert int(annotated.get(cv2.CAP_PROP_FRAME_COUNT)) == 4
+    missing = run("predict", tmp_path / "nope.mp4", clip, "--model", model, "--max-frames", "1")
+    rows = list(csv.DictReader(io.StringIO(missing.stdout)))
+    assert "cannot open the video" in rows[0]["error"] and rows[0]["file"].endswith("nope.mp4")
+    assert len(rows) > 1 and {row["frame"] for row in rows[1:]} == {"0"}
