@@ -2,7 +2,8 @@
 the same w600k_mbf forward pass, which carry far more age and gender signal.
 
 The recogniser runs as one ONNX Runtime session over an in-memory copy of the pinned
-`w600k_mbf.onnx` with the tapped tensors added as graph outputs; the file itself is untouched.
+`w600k_mbf.onnx` with pooled intermediate maps added as graph outputs; the file itself is
+untouched.
 Preprocessing is insightface's `ArcFaceONNX.get_feat`: (pixel - 127.5) / 127.5, RGB planes.
 """
 
@@ -69,38 +70,32 @@ class Descriptor:
         where = {block: np.arange(starts[i], starts[i + 1]) for i, block in enumerate(self.blocks)}
         return np.concatenate([where[block] for block in part.blocks])
 
-    @property
-    def tensors(self) -> list[str]:
-        return sorted({BLOCKS[block][0] for block in self.blocks} - {EMBEDDING_OUTPUT})
-
 
 DEFAULT_DESCRIPTOR = "grid509+flip"  # chosen on the UTKFace val split: benchmarks/descriptors.py
 
 
-def tapped_recognizer(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
-    """A copy of the recogniser with `tensors` added as float outputs, in the order given."""
+def tapped_recognizer(model: onnx.ModelProto, blocks: list[str]) -> onnx.ModelProto:
+    """A copy of the recogniser that also outputs each block, pooled inside the graph.
+
+    Each block's output is named after the block and has shape (n, c, 1, 1) (global average)
+    or (n, c, 2, 2) (2x2 grid); "emb" is the existing output "516".
+    """
     tapped = onnx.ModelProto()
     tapped.CopyFrom(model)
     produced = {output for node in tapped.graph.node for output in node.output}
-    existing = {output.name for output in tapped.graph.output}
-    for tensor in tensors:
+    for block in blocks:
+        tensor, pooling, _ = BLOCKS[block]
+        if block == "emb":
+            continue
         if tensor not in produced:
             raise ValueError(f"tensor {tensor!r} is not produced by any node of the recogniser")
-        if tensor not in existing:
-            tapped.graph.output.append(onnx.helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, None))
+        if pooling == "global":
+            node = onnx.helper.make_node("GlobalAveragePool", [tensor], [block])
+        else:  # 7x7 -> 2x2 over rows/columns [0, 4) and [3, 7): torch's AdaptiveAvgPool2d((2, 2))
+            node = onnx.helper.make_node("AveragePool", [tensor], [block], kernel_shape=[4, 4], strides=[3, 3])
+        tapped.graph.node.append(node)
+        tapped.graph.output.append(onnx.helper.make_tensor_value_info(block, onnx.TensorProto.FLOAT, None))
     return tapped
-
-
-def pool(maps: np.ndarray, pooling: str) -> np.ndarray:
-    """(n, c, h, w) maps -> (n, c) global average, or (n, 4c) average over a 2x2 grid."""
-    if pooling == "global":
-        return maps.mean(axis=(2, 3))
-    height, width = maps.shape[2:]
-    # adaptive pooling bins: [0, ceil(h/2)) and [floor(h/2), h), as torch's AdaptiveAvgPool2d
-    rows = [(0, -(-height // 2)), (height // 2, height)]
-    columns = [(0, -(-width // 2)), (width // 2, width)]
-    cells = [maps[:, :, r0:r1, c0:c1].mean(axis=(2, 3)) for r0, r1 in rows for c0, c1 in columns]
-    return np.stack(cells, axis=2).reshape(len(maps), -1)
 
 
 def normalise(vectors: np.ndarray) -> np.ndarray:
@@ -119,9 +114,9 @@ class DescriptorModel:
     def __init__(self, descriptor: Descriptor | str = DEFAULT_DESCRIPTOR, *, providers=None, threads=None, directory=None):
         self.descriptor = Descriptor.parse(descriptor) if isinstance(descriptor, str) else descriptor
         model = onnx.load(str(weight_path("recognizer", directory=directory)))
-        self.outputs = [EMBEDDING_OUTPUT, *self.descriptor.tensors]
+        self.outputs = [EMBEDDING_OUTPUT, *(block for block in self.descriptor.blocks if block != "emb")]
         self.session = onnxruntime.InferenceSession(
-            tapped_recognizer(model, self.descriptor.tensors).SerializeToString(),
+            tapped_recognizer(model, list(self.descriptor.blocks)).SerializeToString(),
             sess_options=session_options(threads),
             providers=list(providers) if providers else default_providers(),
         )
@@ -139,8 +134,7 @@ class DescriptorModel:
         embeddings = normalise(results[EMBEDDING_OUTPUT][:count])
         blocks = []
         for block in self.descriptor.blocks:
-            tensor, pooling, _ = BLOCKS[block]
-            values = normalise(results[tensor]) if block == "emb" else pool(results[tensor], pooling)
+            values = normalise(results[EMBEDDING_OUTPUT]) if block == "emb" else results[block].reshape(len(blob), -1)
             if self.descriptor.flip:
                 values = (values[:count] + values[count:]) / 2
             blocks.append(values)
