@@ -113,7 +113,10 @@ def info(store, as_json):
 
 
 def _head_options(epochs, seed, no_rapl, no_gender):
-    from agestimate.training.fit import HeadOptions
+    try:
+        from agestimate.training.fit import HeadOptions
+    except ImportError as error:  # torch is a training-only extra
+        raise click.ClickException(f"training needs the train extra: pip install 'agestimate[train]' ({error})") from error
 
     changes = {"seed": seed, "use_rapl": not no_rapl, "use_gender": not no_gender}
     if epochs is not None:
@@ -154,10 +157,11 @@ def training_options(function):
 @_fail_cleanly
 def train(store, out, descriptor, epochs, seed, no_rapl, no_gender, device, as_json):
     """Train the age and gender heads (EVR + gender + RAPL) on a store; needs the train extra."""
+    options = _head_options(epochs, seed, no_rapl, no_gender)
     from agestimate.training.protocols import train as train_heads
 
-    card = train_heads(store, out, descriptor=descriptor, options=_head_options(epochs, seed, no_rapl, no_gender),
-                       device=device, progress=True, command=" ".join(sys.argv))
+    card = train_heads(store, out, descriptor=descriptor, options=options, device=device, progress=True,
+                       command=" ".join(sys.argv))
     click.echo(f"model written to {out} ({card['descriptor']}, {card['training_seconds']} s)", err=True)
     _print_metrics({f"{split}_{key}": value for split, metrics in card["metrics"].items() for key, value in metrics.items()
                     if split != "train"}, as_json)
@@ -175,11 +179,13 @@ def train(store, out, descriptor, epochs, seed, no_rapl, no_gender, device, as_j
 @_fail_cleanly
 def evaluate(store, model, split, protocol, descriptor, epochs, seed, no_rapl, no_gender, device, as_json, report):
     """Measure a model on a store: MAE, CS@5, 1CoA, gender accuracy, per-group MAE."""
+    if protocol == "split" and (descriptor or epochs or no_rapl or no_gender or device):
+        raise click.UsageError("--descriptor, --epochs, --no-rapl, --no-gender and --device apply to --protocol lopo only")
     if protocol == "lopo":
+        options = _head_options(epochs, seed, no_rapl, no_gender)
         from agestimate.training.protocols import leave_one_person_out
 
-        result = leave_one_person_out(store, descriptor=descriptor, options=_head_options(epochs, seed, no_rapl, no_gender),
-                                      device=device, progress=True)
+        result = leave_one_person_out(store, descriptor=descriptor, options=options, device=device, progress=True)
     else:
         if model is None:
             raise click.UsageError("--model is required unless --protocol lopo")
@@ -203,9 +209,9 @@ def evaluate(store, model, split, protocol, descriptor, epochs, seed, no_rapl, n
 @_fail_cleanly
 def ablation(store, descriptor, seeds, epochs, device, as_json):
     """The RAPL paper's Table 3 on a store: FC, EVR, EVR+GP, EVR+RAPL, EVR+RAPL+GP over seeds."""
+    options = _head_options(epochs, 0, False, False)
     from agestimate.training.protocols import ablation as run_ablation
 
-    options = _head_options(epochs, 0, False, False)
     rows = run_ablation(store, descriptor=descriptor, seeds=[int(s) for s in seeds.split(",")], options=options,
                         device=device, progress=True)
     if as_json:

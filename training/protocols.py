@@ -127,13 +127,12 @@ def ablation(store, *, descriptor: str | None = None, seeds=(0, 1, 2), options: 
     rows = []
     for name, changes in ABLATION_VARIANTS.items():
         runs = []
-        for seed in seeds:
+        for seed in tqdm_if(seeds, progress, name):
             started = time.perf_counter()
             fitted = fit_on(train_part, val_part, dataclasses.replace(options, seed=seed, **changes), device)
             metrics = predict_with(fitted, test_part).metrics
             runs.append({**metrics, "seconds": time.perf_counter() - started})
-            if progress:
-                logger.warning("%s seed %d: MAE %.3f", name, seed, metrics["mae"])
+            logger.info("%s seed %d: test MAE %.3f", name, seed, metrics["mae"])
         row = {"variant": name, "seeds": len(seeds)}
         for key in ("mae", "cs5", "gender_accuracy", "mae_60plus", "seconds"):
             values = [run[key] for run in runs if run[key] is not None]
