@@ -66,7 +66,9 @@ def load_image(source, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.nda
         raise ImageLoadError(name, "empty file (0 bytes)", kind="empty")
     try:
         image = Image.open(stream)
-    except (UnidentifiedImageError, Image.DecompressionBombError) as error:
+    except Image.DecompressionBombError as error:  # Pillow's own header check, before ours
+        raise ImageLoadError(name, f"refused as a decompression bomb ({error})", kind="too large") from error
+    except UnidentifiedImageError as error:
         raise ImageLoadError(name, "not a recognised image format", kind="not an image") from error
     except Exception as error:  # Pillow raises many types on malformed headers
         raise ImageLoadError(name, f"cannot decode image header ({error})", kind="not an image") from error
