@@ -45,6 +45,7 @@ CREATE TABLE IF NOT EXISTS faces (
     id INTEGER PRIMARY KEY, sha256 TEXT NOT NULL REFERENCES images(sha256), face_index INTEGER NOT NULL,
     box BLOB NOT NULL, landmarks BLOB NOT NULL, score REAL NOT NULL, method TEXT NOT NULL,
     embedding BLOB NOT NULL, features BLOB NOT NULL, UNIQUE (sha256, face_index));
+CREATE INDEX IF NOT EXISTS files_by_sha256 ON files (sha256);
 CREATE TABLE IF NOT EXISTS labels (
     sha256 TEXT PRIMARY KEY, age REAL, gender INTEGER, race INTEGER, person TEXT, split TEXT,
     extra TEXT, source TEXT);

@@ -1,0 +1,69 @@
+"""Duplicate, leakage and outlier logic on a small synthetic store with known answers."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from agestimate.cli.main import cli
+from agestimate.faces import FaceDetection
+from agestimate.hygiene import hygiene_report, label_outliers, leaking_test_faces, near_duplicate_pairs
+from agestimate.labels import FaceLabel
+from agestimate.store import EmbeddingStore
+
+from conftest import FIXTURES, random_unit_vectors
+
+
+def test_near_duplicate_pairs_are_exactly_the_close_ones():
+    vectors = random_unit_vectors(50, 64)
+    vectors[10] = vectors[3] + 0.01  # near copies of face 3 and 7
+    vectors[20] = vectors[7] * 0.99 + 0.02 * vectors[8]
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    first, second, similarity = near_duplicate_pairs(vectors, threshold=0.95)
+    assert sorted(zip(first.tolist(), second.tolist())) == [(3, 10), (7, 20)]
+    assert (similarity >= 0.95).all()
+
+
+@pytest.fixture
+def synthetic_store(tmp_path):
+    """12 faces: 9 train, 3 test. Test face 9 copies train face 0; train faces 1 and 2 copy each
+    other (not leakage); face 5's age label (80) is far from its look-alikes' (20)."""
+    path = tmp_path / "store"
+    embeddings = random_unit_vectors(12, 512)
+    embeddings[9] = embeddings[0]
+    embeddings[2] = embeddings[1]
+    features = np.tile(random_unit_vectors(1, 2048, seed=3), (12, 1)) + 0.01 * random_unit_vectors(12, 2048, seed=4)
+    ages = [20] * 12
+    ages[5] = 80
+    images = sorted((FIXTURES / "utkface").iterdir())
+    with EmbeddingStore(path, model_sha256="ab" * 32, descriptor="grid509+flip", create=True) as store:
+        for i in range(12):
+            sha = f"{i:064x}"
+            face = FaceDetection(np.array([0, 0, 10, 10], np.float32), np.zeros((5, 2), np.float32), 0.9, "detected")
+            store.add_image(sha, 200, 200, [face], embeddings[i:i + 1], features[i:i + 1])
+            store.add_file(images[i % len(images)], 1, 1, sha, "embedded")
+            store.set_label(sha, FaceLabel(age=ages[i], gender=i % 2, split="test" if i >= 9 else "train"), source="test")
+    return path
+
+
+def test_leakage_and_outliers_on_the_synthetic_store(synthetic_store, tmp_path):
+    database = EmbeddingStore(synthetic_store)
+    records = database.faces(labelled=True, primary=True)
+    database.close()
+    assert np.flatnonzero(leaking_test_faces(records, threshold=0.99)).tolist() == [9]
+    outliers, medians = label_outliers(records, neighbours=5, min_gap=15)
+    assert outliers.tolist() == [5] and medians.tolist() == [20]
+    report = hygiene_report(synthetic_store, tmp_path / "report", threshold=0.99)
+    assert report["near_duplicate_pairs"] == 2
+    assert report["near_duplicate_pairs_across_train_and_val_test"] == 1
+    assert report["test_faces_with_a_train_near_duplicate"] == 1 and report["label_outliers"] == 1
+    assert {p.name for p in (tmp_path / "report").iterdir()} == {
+        "report.md", "hygiene.json", "age_histogram.png", "leakage_pairs.png", "label_outliers.png"}
+
+
+def test_info_report_from_the_cli(synthetic_store, tmp_path):
+    result = CliRunner().invoke(cli, ["info", "--store", str(synthetic_store), "--report", str(tmp_path / "r"),
+                                      "--threshold", "0.99", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["near_duplicate_pairs_across_train_and_val_test"] == 1
