@@ -89,7 +89,7 @@ def embed(sources, store, labels, batch_size, crops, max_faces, det_size, det_th
         click.echo(f"  {path}: {reason}", err=True)
     if summary.label_problems:
         click.echo(f"label problems: {len(summary.label_problems)} (files embedded without a label)")
-        for path, reason in summary.label_problems:
+        for _, reason in summary.label_problems:  # the reason names the file
             click.echo(f"  {reason}", err=True)
     if summary.label_conflicts:
         click.echo(f"label conflicts (same content, different labels; last one kept): {summary.label_conflicts}")
