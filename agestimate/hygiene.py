@@ -78,8 +78,10 @@ def contact_sheet(rows: list[list[tuple[str, str]]], path: Path, *, tile: int = 
 def hygiene_report(store, folder, *, threshold: float = DEFAULT_THRESHOLD, neighbours: int = 10,
                    min_gap: float = 15.0, sheet_rows: int = 20) -> dict:
     """Write report.md, hygiene.json and PNG plots and contact sheets about `store` into `folder`."""
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError as error:
+        raise AgestimateError("reports need matplotlib: pip install 'agestimate[train]'") from error
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
