@@ -152,6 +152,8 @@ _training_options = [
     click.option("--no-rapl", is_flag=True, help="Train without the RAPL position head."),
     click.option("--no-gender", is_flag=True, help="Train without the gender head."),
     click.option("--device", default=None, help="torch device, e.g. cpu or cuda (default: cuda when available)."),
+    click.option("--augment", "augment_with", default="none", show_default=True, type=click.Choice(["none", "mixup", "cae"]),
+                 help="Synthesise tail-age (50+) training samples: plain interpolation, or in an autoencoder's latent space."),
 ]
 
 
@@ -167,13 +169,13 @@ def training_options(function):
 @training_options
 @click.option("--json", "as_json", is_flag=True, help="Print the model card's metrics as JSON.")
 @_fail_cleanly
-def train(store, out, descriptor, epochs, seed, no_rapl, no_gender, device, as_json):
+def train(store, out, descriptor, epochs, seed, no_rapl, no_gender, device, augment_with, as_json):
     """Train the age and gender heads (EVR + gender + RAPL) on a store; needs the train extra."""
     options = _head_options(epochs, seed, no_rapl, no_gender)
     from agestimate.training.protocols import train as train_heads
 
     card = train_heads(store, out, descriptor=descriptor, options=options, device=device, progress=True,
-                       command=" ".join(sys.argv))
+                       command=" ".join(sys.argv), augment_with=augment_with)
     click.echo(f"model written to {out} ({card['descriptor']}, {card['training_seconds']} s)", err=True)
     _print_metrics({f"{split}_{key}": value for split, metrics in card["metrics"].items() for key, value in metrics.items()
                     if split != "train"}, as_json)
@@ -191,16 +193,17 @@ def train(store, out, descriptor, epochs, seed, no_rapl, no_gender, device, as_j
 @click.option("--exclude-near-duplicates", "exclude_threshold", type=float, default=None,
               help="Also measure without the faces that have a near-duplicate (identity cosine >= this) in the train split.")
 @_fail_cleanly
-def evaluate(store, model, split, protocol, descriptor, epochs, seed, no_rapl, no_gender, device, as_json, report,
-             exclude_threshold):
+def evaluate(store, model, split, protocol, descriptor, epochs, seed, no_rapl, no_gender, device, augment_with, as_json,
+             report, exclude_threshold):
     """Measure a model on a store: MAE, CS@5, 1CoA, gender accuracy, per-group MAE."""
-    if protocol == "split" and (descriptor or epochs or no_rapl or no_gender or device):
-        raise click.UsageError("--descriptor, --epochs, --no-rapl, --no-gender and --device apply to --protocol lopo only")
+    if protocol == "split" and (descriptor or epochs or no_rapl or no_gender or device or augment_with != "none"):
+        raise click.UsageError("--descriptor, --epochs, --no-rapl, --no-gender, --device and --augment apply to --protocol lopo only")
     if protocol == "lopo":
         options = _head_options(epochs, seed, no_rapl, no_gender)
         from agestimate.training.protocols import leave_one_person_out
 
-        result = leave_one_person_out(store, descriptor=descriptor, options=options, device=device, progress=True)
+        result = leave_one_person_out(store, descriptor=descriptor, options=options, device=device, progress=True,
+                                      augment_with=augment_with)
     else:
         if model is None:
             raise click.UsageError("--model is required unless --protocol lopo")

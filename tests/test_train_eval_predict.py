@@ -74,6 +74,12 @@ def test_eval_json_report_and_lopo(trained, tmp_path):
     assert lopo["n"] == 16
 
 
+def test_train_with_cae_augmentation_records_it(trained, tmp_path):
+    store, _, _ = trained
+    run("train", "--store", store, "--out", tmp_path / "cae", "--epochs", "2", "--augment", "cae")
+    assert json.loads((tmp_path / "cae" / "model.json").read_text())["augmentation"] == "cae"
+
+
 def test_ablation_prints_the_five_variants(trained):
     store, _, _ = trained
     rows = json.loads(run("ablation", "--store", store, "--seeds", "0", "--epochs", "2", "--json").stdout)

@@ -12,6 +12,7 @@ from agestimate.errors import StoreError
 from agestimate.evaluation import Evaluation, measure, select_split
 from agestimate.store import EmbeddingStore, FaceRecords
 
+from .augment import augment
 from .export import save_model_dir
 from .fit import FittedHeads, HeadOptions, fit_heads
 
@@ -37,13 +38,15 @@ def labelled_faces(store, descriptor: str | None = None) -> tuple[FaceRecords, s
         database.close()
 
 
-def fit_on(train: FaceRecords, val: FaceRecords, options: HeadOptions, device=None, progress=False) -> FittedHeads:
-    """`fit_heads` on store records; without any gender label in `train`, the gender head is left out."""
+def fit_on(train: FaceRecords, val: FaceRecords, options: HeadOptions, device=None, progress=False,
+           augment_with: str = "none") -> FittedHeads:
+    """`fit_heads` on store records, the training part augmented with `augment_with` (see
+    `training.augment`); without any gender label in `train`, the gender head is left out."""
     if options.use_gender and not (train.gender >= 0).any():
         logger.warning("no gender labels in the training faces: training without the gender head")
         options = dataclasses.replace(options, use_gender=False)
-    return fit_heads(train.features, train.age, train.gender, val.features, val.age, val.gender,
-                     options=options, device=device, progress=progress)
+    X, age, gender = augment(train.features, train.age, train.gender, method=augment_with, seed=options.seed)
+    return fit_heads(X, age, gender, val.features, val.age, val.gender, options=options, device=device, progress=progress)
 
 
 def predict_with(fitted: FittedHeads, records: FaceRecords) -> Evaluation:
@@ -55,7 +58,7 @@ def predict_with(fitted: FittedHeads, records: FaceRecords) -> Evaluation:
 
 
 def train(store, out, *, descriptor: str | None = None, options: HeadOptions = HeadOptions(), device=None,
-          progress: bool = False, command: str = "") -> dict:
+          progress: bool = False, command: str = "", augment_with: str = "none") -> dict:
     """Train heads on the store's train split (best epoch on val), save them to `out`, return the card.
 
     The model card records the data, counts, options, descriptor, embedding model and the
@@ -69,7 +72,7 @@ def train(store, out, *, descriptor: str | None = None, options: HeadOptions = H
             f"{len(splits['val'])}); label a split in the CSV, or use `agestimate eval --protocol lopo`"
         )
     started = time.perf_counter()
-    fitted = fit_on(splits["train"], splits["val"], options, device, progress)
+    fitted = fit_on(splits["train"], splits["val"], options, device, progress, augment_with)
     seconds = time.perf_counter() - started
     metrics = {name: predict_with(fitted, part).metrics for name, part in splits.items() if len(part)}
     database = EmbeddingStore(store)
@@ -79,6 +82,7 @@ def train(store, out, *, descriptor: str | None = None, options: HeadOptions = H
         "data": {"store": str(store), "faces_per_split": {name: len(part) for name, part in splits.items()},
                  "face": "largest face of each labelled image"},
         "descriptor": descriptor,
+        "augmentation": augment_with,
         "embedding_model_sha256": embedding_model,
         "training_seconds": round(seconds, 1),
         "command": command,
@@ -89,7 +93,8 @@ def train(store, out, *, descriptor: str | None = None, options: HeadOptions = H
 
 
 def leave_one_person_out(store, *, descriptor: str | None = None, options: HeadOptions = HeadOptions(),
-                         device=None, val_fraction: float = 0.1, progress: bool = False) -> Evaluation:
+                         device=None, val_fraction: float = 0.1, progress: bool = False,
+                         augment_with: str = "none") -> Evaluation:
     """Train on all other people, predict the one left out, for every person; metrics over all faces.
 
     The best epoch is chosen on a validation set of other people (`val_fraction` of them,
@@ -107,7 +112,7 @@ def leave_one_person_out(store, *, descriptor: str | None = None, options: HeadO
         val_people = rng.choice(others, size=max(1, round(val_fraction * len(others))), replace=False)
         held_out = records.person == person
         val = np.isin(records.person, val_people)
-        fitted = fit_on(records.subset(~held_out & ~val), records.subset(val), options, device)
+        fitted = fit_on(records.subset(~held_out & ~val), records.subset(val), options, device, augment_with=augment_with)
         result = predict_with(fitted, records.subset(held_out))
         predicted_age[held_out] = result.predicted_age
         predicted_gender[held_out] = result.predicted_gender
