@@ -44,6 +44,14 @@ def select_split(records: FaceRecords, split: str) -> FaceRecords:
     return records if split == "all" else records.subset(records.split == split)
 
 
+def labelled_faces(store, descriptor: str | None = None) -> tuple[FaceRecords, str]:
+    """The largest face of every labelled image in `store`, with the features of `descriptor`
+    (default: the store's own), and that descriptor's name."""
+    with EmbeddingStore(store) as database:
+        descriptor = descriptor or database.descriptor
+        return database.faces(labelled=True, primary=True, descriptor=descriptor), descriptor
+
+
 def evaluate(model, store, *, split: str = "test", providers=None) -> Evaluation:
     """Predict the labelled faces of `split` in `store` with the heads in the folder `model`.
 
@@ -51,11 +59,7 @@ def evaluate(model, store, *, split: str = "test", providers=None) -> Evaluation
     the model was trained on (the store must hold it).
     """
     heads = AgeGenderHeads.load(model, providers=providers)
-    database = EmbeddingStore(store)
-    try:
-        records = database.faces(labelled=True, primary=True, descriptor=heads.card.get("descriptor"))
-    finally:
-        database.close()
+    records, _ = labelled_faces(store, heads.card.get("descriptor"))
     chosen = select_split(records, split)
     if len(chosen) == 0:
         present = sorted(set(records.split.tolist()) - {""})

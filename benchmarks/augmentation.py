@@ -14,10 +14,10 @@ import json
 
 import numpy as np
 
-from agestimate.evaluation import select_split
+from agestimate.evaluation import labelled_faces, select_split
 from agestimate.training.augment import LatentInterpolator
 from agestimate.training.fit import HeadOptions
-from agestimate.training.protocols import fit_on, labelled_faces, predict_with
+from agestimate.training.protocols import fit_on, predict_with
 
 
 def main() -> None:

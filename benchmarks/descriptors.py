@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from agestimate.descriptors import Descriptor, DescriptorModel
-from agestimate.evaluation import select_split
+from agestimate.evaluation import labelled_faces, select_split
 from agestimate.faces import FaceDetection, FaceEncoder
 from agestimate.images import load_image
 from agestimate.training.fit import HeadOptions
-from agestimate.training.protocols import fit_on, labelled_faces, predict_with
+from agestimate.training.protocols import fit_on, predict_with
 
 FLIPPED = ["gap473+flip", "gap505+flip", "gap509+flip", "grid509+flip", "gap505+grid509+flip",
            "gap473+gap505+grid509+flip", "gap473+gap505+gap509+grid509+flip"]

@@ -223,13 +223,10 @@ def _without_near_duplicates(result, store, threshold):
     """The evaluation restricted to faces with no near-duplicate in the train split; both MAEs in the metrics."""
     import numpy as np
 
-    from agestimate.evaluation import measure
+    from agestimate.evaluation import labelled_faces, measure
     from agestimate.hygiene import leaking_test_faces
-    from agestimate.store import EmbeddingStore
 
-    database = EmbeddingStore(store)
-    everything = database.faces(labelled=True, primary=True, descriptor="emb")
-    database.close()
+    everything, _ = labelled_faces(store, "emb")
     leaking = set(everything.face_id[leaking_test_faces(everything, threshold=threshold)].tolist())
     keep = ~np.isin(result.records.face_id, list(leaking))
     clean = measure(result.records.subset(keep), result.predicted_age[keep], result.predicted_gender[keep])

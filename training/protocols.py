@@ -9,7 +9,7 @@ import time
 import numpy as np
 
 from agestimate.errors import StoreError
-from agestimate.evaluation import Evaluation, measure, select_split
+from agestimate.evaluation import Evaluation, labelled_faces, measure, select_split
 from agestimate.store import EmbeddingStore, FaceRecords
 
 from .augment import augment
@@ -26,16 +26,6 @@ ABLATION_VARIANTS = {
     "EVR+RAPL": dict(use_rapl=True, use_gender=False),
     "EVR+RAPL+GP": dict(use_rapl=True, use_gender=True),
 }
-
-
-def labelled_faces(store, descriptor: str | None = None) -> tuple[FaceRecords, str]:
-    """The largest face of every labelled image in `store`, and the descriptor of its features."""
-    database = EmbeddingStore(store)
-    try:
-        descriptor = descriptor or database.descriptor
-        return database.faces(labelled=True, primary=True, descriptor=descriptor), descriptor
-    finally:
-        database.close()
 
 
 def fit_on(train: FaceRecords, val: FaceRecords, options: HeadOptions, device=None, progress=False,
@@ -64,7 +54,10 @@ def train(store, out, *, descriptor: str | None = None, options: HeadOptions = H
     The model card records the data, counts, options, descriptor, embedding model and the
     val and test metrics.
     """
-    records, descriptor = labelled_faces(store, descriptor)
+    with EmbeddingStore(store) as database:
+        descriptor = descriptor or database.descriptor
+        records = database.faces(labelled=True, primary=True, descriptor=descriptor)
+        embedding_model = database.model_sha256
     splits = {name: select_split(records, name) for name in ("train", "val", "test")}
     if len(splits["train"]) == 0 or len(splits["val"]) == 0:
         raise StoreError(
@@ -75,9 +68,6 @@ def train(store, out, *, descriptor: str | None = None, options: HeadOptions = H
     fitted = fit_on(splits["train"], splits["val"], options, device, progress, augment_with)
     seconds = time.perf_counter() - started
     metrics = {name: predict_with(fitted, part).metrics for name, part in splits.items() if len(part)}
-    database = EmbeddingStore(store)
-    embedding_model = database.model_sha256
-    database.close()
     card = {
         "data": {"store": str(store), "faces_per_split": {name: len(part) for name, part in splits.items()},
                  "face": "largest face of each labelled image"},
