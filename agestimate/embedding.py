@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
 import time
@@ -179,9 +180,13 @@ def embed(
                     in_flight[str(path)] = (sha256, stat)
                     yield path
 
-        encoder = FaceEncoder(det_size=det_size, det_thresh=det_thresh, max_faces=max_faces, crops=crops,
-                              providers=providers, threads=threads, descriptor=descriptor)
-        for encoded in encoder.encode_batch(to_encode(), batch_size=batch_size):
+        new_paths = to_encode()
+        first = next(new_paths, None)  # with nothing new, the models are not even loaded
+        encoded_images = [] if first is None else FaceEncoder(
+            det_size=det_size, det_thresh=det_thresh, max_faces=max_faces, crops=crops, providers=providers,
+            threads=threads, descriptor=descriptor,
+        ).encode_batch(itertools.chain([first], new_paths), batch_size=batch_size)
+        for encoded in encoded_images:
             sha256, stat = in_flight.pop(encoded.source)
             done = [(Path(encoded.source), stat)] + copies.pop(sha256)
             if encoded.error is not None:

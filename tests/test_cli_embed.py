@@ -13,7 +13,7 @@ def run(*args):
     return result
 
 
-def test_embed_a_folder_with_bad_files_then_again(face_folder, tmp_path):
+def test_embed_a_folder_with_bad_files_then_again(face_folder, tmp_path, monkeypatch):
     bad = add_bad_files(face_folder)
     (face_folder / "readme.txt").write_text("ignored, but counted")
     store = tmp_path / "store"
@@ -24,7 +24,9 @@ def test_embed_a_folder_with_bad_files_then_again(face_folder, tmp_path):
     assert summary["errors_by_kind"] == {"not an image": 1, "corrupt": 1, "empty": 1}
     assert summary["label_problems"] == 0  # files that failed are not labelled
 
-    second = run("embed", face_folder, "--store", store, "--labels", "utkface", "--json")
+    with monkeypatch.context() as patched:  # nothing new: the models are not loaded
+        patched.setattr("agestimate.embedding.FaceEncoder", None)
+        second = run("embed", face_folder, "--store", store, "--labels", "utkface", "--json")
     again = json.loads(second.stdout)
     assert again["embedded"] == 0 and again["already_stored"] == 16 and again["already_failed"] == 3
 

