@@ -37,7 +37,7 @@ sys.path.insert(0, str(HERE))
 
 import end_to_end  # noqa: E402
 import floor  # noqa: E402
-import markdown  # noqa: E402
+import generated_section  # noqa: E402
 
 from agestimate.labels import read_labels_csv  # noqa: E402
 
@@ -211,7 +211,7 @@ def main() -> None:
                          "seconds": round(time.perf_counter() - began, 1), "result": result}
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(results, indent=1) + "\n")
-    markdown.rewrite(HERE.parent / "BENCHMARKS.md", json.loads(RESULTS.read_text()) if RESULTS.exists() else {})
+    generated_section.rewrite(HERE.parent / "BENCHMARKS.md", json.loads(RESULTS.read_text()) if RESULTS.exists() else {})
 
 
 if __name__ == "__main__":
