@@ -169,7 +169,8 @@ def part_memory(args) -> dict:
     if process.returncode != 0:
         raise RuntimeError("agestimate predict failed:\n" + "".join(stderr[-20:]))
     summary = next(line for line in reversed(stderr) if "images/s" in line)
-    at = {f"{int(share * 100)}%": max(mb for t, mb in samples if t <= share * seconds) for share in (0.1, 0.25, 0.5, 0.75, 1.0)}
+    at = {f"{int(share * 100)}%": max((mb for t, mb in samples if t <= share * seconds), default=0.0)
+          for share in (0.1, 0.25, 0.5, 0.75, 1.0)}
     return {"images": len(list(folder.iterdir())), "seconds": seconds, "summary": summary.strip().split("\r")[-1],
             "peak_rss_mb": max(mb for _, mb in samples), "peak_rss_mb_by_elapsed": at}
 
@@ -191,7 +192,8 @@ def main() -> None:
     parser.add_argument("--fgnet-store", type=Path, help="a store of FG-NET with labels (variants)")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {', '.join(PARTS)}")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--limit", type=int, help="only the first N images of each data set (a quick check)")
+    parser.add_argument("--limit", type=int,
+                        help="a quick check: only the first N images of each data set, results printed, not saved")
     parser.add_argument("--peer-python", help=f"python of a virtual environment with {PEER_REQUIREMENT}")
     parser.add_argument("--markdown-only", action="store_true", help="only rewrite BENCHMARKS.md from run.json")
     args = parser.parse_args()
@@ -204,13 +206,18 @@ def main() -> None:
     for part in [] if args.markdown_only else parts:
         print(f"running {part}", file=sys.stderr)
         began = time.perf_counter()
-        result = PARTS[part](args)
+        entry = {"date": datetime.date.today().isoformat(), "machine": machine(),
+                 "command": "python benchmarks/run.py " + " ".join(sys.argv[1:]), "result": PARTS[part](args),
+                 "seconds": round(time.perf_counter() - began, 1)}
+        if args.limit:  # a quick check is printed, never saved as the benchmark's result
+            print(json.dumps({part: entry}, indent=1))
+            continue
         results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-        results[part] = {"date": datetime.date.today().isoformat(), "machine": machine(),
-                         "command": "python benchmarks/run.py " + " ".join(sys.argv[1:]),
-                         "seconds": round(time.perf_counter() - began, 1), "result": result}
+        results[part] = entry
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+    if args.limit:
+        return
     generated_section.rewrite(HERE.parent / "BENCHMARKS.md", json.loads(RESULTS.read_text()) if RESULTS.exists() else {})
 
 
