@@ -65,16 +65,26 @@ def agestimate_batch(paths: list[Path], repeats: int) -> dict:
     return {"seconds": timed["seconds"], "results": results}
 
 
+def agestimate_command(*arguments) -> list[str]:
+    """The `agestimate` CLI of this environment, with `arguments`."""
+    return [str(Path(sys.executable).parent / "agestimate"), *map(str, arguments)]
+
+
+def linked_folder(paths: list[Path], parent: Path) -> Path:
+    """A new folder `parent/images` of symbolic links to `paths` (a folder the CLI can score)."""
+    folder = Path(parent) / "images"
+    folder.mkdir()
+    for path in paths:
+        (folder / path.name).symlink_to(path.resolve())
+    return folder
+
+
 def agestimate_cli(paths: list[Path], repeats: int) -> dict:
     """`agestimate predict FOLDER --out FILE.csv` over a folder of links to `paths`."""
     seconds = []
     with tempfile.TemporaryDirectory() as scratch:
-        folder = Path(scratch) / "images"
-        folder.mkdir()
-        for path in paths:
-            (folder / path.name).symlink_to(path.resolve())
         out = Path(scratch) / "predictions.csv"
-        command = [str(Path(sys.executable).parent / "agestimate"), "predict", str(folder), "--out", str(out)]
+        command = agestimate_command("predict", linked_folder(paths, scratch), "--out", out)
         for _ in range(repeats):
             began = time.perf_counter()
             subprocess.run(command, check=True, capture_output=True)

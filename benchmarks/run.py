@@ -36,6 +36,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import end_to_end  # noqa: E402
+from end_to_end import agestimate_command, linked_folder  # noqa: E402
 import floor  # noqa: E402
 import generated_section  # noqa: E402
 
@@ -113,23 +114,16 @@ def part_video(args) -> dict:
     return _script_json(HERE / "video_speed.py", "--frames", 100)
 
 
-def _agestimate(*arguments) -> list[str]:
-    return [str(Path(sys.executable).parent / "agestimate"), *map(str, arguments)]
-
-
 def part_store(args) -> dict:
     """`agestimate embed` over the UTKFace test images into a new store, then again."""
     paths, _ = data_sets(args.data, args.limit)["utkface_test"]
     with tempfile.TemporaryDirectory() as scratch:
-        folder = Path(scratch) / "images"
-        folder.mkdir()
-        for path in paths:
-            (folder / path.name).symlink_to(path)
+        folder = linked_folder(paths, scratch)
         runs = []
         for _ in range(2):
             began = time.perf_counter()
-            finished = subprocess.run(_agestimate("embed", folder, "--store", Path(scratch) / "store", "--json"),
-                                      check=True, capture_output=True, text=True)
+            command = agestimate_command("embed", folder, "--store", Path(scratch) / "store", "--json")
+            finished = subprocess.run(command, check=True, capture_output=True, text=True)
             runs.append({"seconds": time.perf_counter() - began, "summary": json.loads(finished.stdout)})
     return {"images": len(paths), "first_seconds": runs[0]["seconds"], "second_seconds": runs[1]["seconds"],
             "ratio": runs[0]["seconds"] / runs[1]["seconds"], "first": runs[0]["summary"],
@@ -140,8 +134,8 @@ def part_training(args) -> dict:
     """`agestimate train` of the default heads (default descriptor) on the UTKFace store."""
     with tempfile.TemporaryDirectory() as scratch:
         began = time.perf_counter()
-        subprocess.run(_agestimate("train", "--store", args.utk_store, "--out", Path(scratch) / "model",
-                                   "--descriptor", "grid509+flip"), check=True, capture_output=True)
+        subprocess.run(agestimate_command("train", "--store", args.utk_store, "--out", Path(scratch) / "model",
+                                          "--descriptor", "grid509+flip"), check=True, capture_output=True)
         seconds = time.perf_counter() - began
         card = json.loads((Path(scratch) / "model" / "model.json").read_text())
     return {"command_seconds": seconds, "training_seconds": card["training_seconds"], "test": card["metrics"]["test"]}
@@ -151,7 +145,7 @@ def part_memory(args) -> dict:
     """`agestimate predict` over every UTKFace image, its resident memory sampled each second."""
     folder = args.data / "utkface" / "images"
     with tempfile.TemporaryDirectory() as scratch:
-        process = subprocess.Popen(_agestimate("predict", folder, "--out", Path(scratch) / "all.csv"),
+        process = subprocess.Popen(agestimate_command("predict", folder, "--out", Path(scratch) / "all.csv"),
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         samples, began = [], time.perf_counter()
         stderr = []
