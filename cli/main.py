@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import logging
@@ -17,14 +18,13 @@ from agestimate.errors import AgestimateError, ImageLoadError
 def _fail_cleanly(function):
     """Turn the library's own errors into a one-line message and exit code 1."""
 
+    @functools.wraps(function)
     def wrapper(*args, **kwargs):
         try:
             return function(*args, **kwargs)
         except AgestimateError as error:
             raise click.ClickException(str(error)) from error
 
-    wrapper.__name__ = function.__name__
-    wrapper.__doc__ = function.__doc__
     return wrapper
 
 
