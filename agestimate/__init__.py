@@ -3,7 +3,7 @@
 from .errors import AgestimateError, ImageLoadError
 from .faces import FaceEncoder
 from .images import load_image
-from .predict import Estimator, Face, ImageResult, predict, predict_batch, predict_embeddings
+from .estimator import Estimator, Face, ImageResult, predict, predict_batch, predict_embeddings
 from .store import EmbeddingStore
 
 __all__ = [

@@ -10,7 +10,7 @@ import cv2
 
 from .drawing import draw_faces
 from .errors import ImageLoadError
-from .predict import Estimator, Face
+from .estimator import Estimator, Face
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
 

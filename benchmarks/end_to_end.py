@@ -44,7 +44,7 @@ def _timed_repeats(function, paths, repeats):
 
 def agestimate_batch(paths: list[Path], repeats: int) -> dict:
     from agestimate.heads import AgeGenderHeads
-    from agestimate.predict import EMBEDDING_MODEL, GENDERS, Estimator
+    from agestimate.estimator import EMBEDDING_MODEL, GENDERS, Estimator
 
     estimator = Estimator()
 

@@ -38,7 +38,7 @@ class _RecordingSession:
 
 
 def onnx_runtime_floor(paths: list[Path], repeats: int = 3) -> dict:
-    from agestimate.predict import Estimator
+    from agestimate.estimator import Estimator
 
     estimator = Estimator()
     list(estimator.predict_batch(paths))  # warm-up: SCRFD makes a session per input size on first use
@@ -86,7 +86,7 @@ STAGES = [
 PROFILED = """
 import sys
 from pathlib import Path
-from agestimate.predict import Estimator
+from agestimate.estimator import Estimator
 paths = [Path(line.strip()) for line in open(sys.argv[1]) if line.strip()]
 estimator = Estimator()
 list(estimator.predict_batch(paths[:10]))

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from agestimate.models import weights_dir
-from agestimate.predict import Estimator
+from agestimate.estimator import Estimator
 from agestimate.video import predict_video
 
 

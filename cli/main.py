@@ -318,7 +318,7 @@ def predict(sources, model, out, annotate, recursive, max_faces, crops, batch_si
     import time
     from collections import Counter
 
-    from agestimate.predict import Estimator
+    from agestimate.estimator import Estimator
 
     from agestimate.video import VIDEO_SUFFIXES
 
@@ -365,7 +365,7 @@ def predict(sources, model, out, annotate, recursive, max_faces, crops, batch_si
 def _predict_video(video, estimator, emit, annotate, every, max_frames, counts) -> None:
     import time
 
-    from agestimate.predict import ImageResult
+    from agestimate.estimator import ImageResult
     from agestimate.video import predict_video
 
     name = f"webcam {video}" if isinstance(video, int) else str(video)

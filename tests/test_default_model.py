@@ -6,7 +6,7 @@ import sys
 from importlib.metadata import requires
 
 import agestimate
-from agestimate.predict import DEFAULT_MODEL
+from agestimate.estimator import DEFAULT_MODEL
 
 
 def test_group_photo_gets_plausible_ages_and_genders(players_path):

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 pytest.importorskip("torch")
 
 from agestimate.cli.main import cli  # noqa: E402
-from agestimate.predict import Estimator  # noqa: E402
+from agestimate.estimator import Estimator  # noqa: E402
 
 from conftest import add_bad_files  # noqa: E402
 

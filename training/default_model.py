@@ -20,7 +20,7 @@ from pathlib import Path
 
 from agestimate.descriptors import DEFAULT_DESCRIPTOR
 from agestimate.evaluation import evaluate
-from agestimate.predict import DEFAULT_MODEL
+from agestimate.estimator import DEFAULT_MODEL
 
 from .fit import HeadOptions
 from .protocols import train
