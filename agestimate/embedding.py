@@ -43,6 +43,7 @@ class EmbedSummary:
     label_conflicts: int = 0
     ignored: list = field(default_factory=list)
     seconds: float = 0.0
+    runtime: dict | None = None  # what ran the models (None: nothing new, no model loaded)
 
     @property
     def faces_per_second(self) -> float:
@@ -69,6 +70,7 @@ class EmbedSummary:
             "seconds": round(self.seconds, 2),
             "images_per_second": round(self.images_per_second, 2),
             "faces_per_second": round(self.faces_per_second, 2),
+            "runtime": self.runtime,
         }
 
 
@@ -109,6 +111,8 @@ def embed(
     det_size: int = 640,
     det_thresh: float = 0.5,
     descriptor: str = DEFAULT_DESCRIPTOR,
+    backend: str | None = None,
+    precision: str = "auto",
     providers=None,
     threads: int | None = None,
     show_progress: bool = False,
@@ -126,6 +130,8 @@ def embed(
     labels : "utkface" or "fgnet" (labels from file names), or a CSV with a `path` column.
     crops : inputs are tight face crops (see `FaceEncoder`).
     descriptor : features stored beside each embedding (see `agestimate.descriptors`).
+    backend, precision, providers, threads : what runs the models (see `FaceEncoder`); the
+        summary's `runtime` says what did.
     """
     started = time.perf_counter()
     summary = EmbedSummary()
@@ -182,10 +188,12 @@ def embed(
 
         new_paths = to_encode()
         first = next(new_paths, None)  # with nothing new, the models are not even loaded
-        encoded_images = [] if first is None else FaceEncoder(
-            det_size=det_size, det_thresh=det_thresh, max_faces=max_faces, crops=crops, providers=providers,
-            threads=threads, descriptor=descriptor,
-        ).encode_batch(itertools.chain([first], new_paths), batch_size=batch_size)
+        encoder = None if first is None else FaceEncoder(
+            det_size=det_size, det_thresh=det_thresh, max_faces=max_faces, crops=crops, backend=backend,
+            precision=precision, providers=providers, threads=threads, descriptor=descriptor,
+        )
+        summary.runtime = encoder.runtime.as_dict() if encoder else None
+        encoded_images = [] if encoder is None else encoder.encode_batch(itertools.chain([first], new_paths), batch_size=batch_size)
         for encoded in encoded_images:
             sha256, stat = in_flight.pop(encoded.source)
             done = [(Path(encoded.source), stat)] + copies.pop(sha256)

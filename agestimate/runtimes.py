@@ -1,0 +1,221 @@
+"""Runtimes: the engines that run the pinned face models, behind one seam.
+
+Code above this module calls ``session.run(output_names, feeds)``, the shape of an ONNX
+Runtime session that insightface's SCRFD already uses, and never asks which engine answers.
+The engine, its precision and its threads are chosen once, here, when a model is opened:
+
+- ``"openvino"``: the default on CPUs. bf16 where the CPU computes it natively
+  (``OPTIMIZATION_CAPABILITIES`` lists BF16), f32 elsewhere. Compiled models are kept in
+  OpenVINO's model cache under the user cache folder, so later processes start faster.
+- ``"onnxruntime"``: fp32, with CUDA when onnxruntime offers it (the ``gpu`` extra); the
+  default when it does.
+
+Every session describes itself (`RuntimeInfo`) so results can say what computed them.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import onnxruntime
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("openvino", "onnxruntime")
+PRECISIONS = ("auto", "bf16", "f32")
+
+
+@dataclass(frozen=True)
+class RuntimeInfo:
+    """What runs a model: backend, device (or ONNX Runtime providers), precision and threads."""
+
+    backend: str
+    device: str
+    precision: str
+    threads: int | None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class TensorInfo(NamedTuple):
+    """A graph input or output as ONNX Runtime's `NodeArg` shows it: '?' for a dynamic dimension."""
+
+    name: str
+    shape: list
+    type: str = "tensor(float)"
+
+
+# -- choosing ------------------------------------------------------------------------------
+def default_providers() -> list[str]:
+    """ONNX Runtime providers: CUDA first when this build offers it, CPU always as the fallback."""
+    available = onnxruntime.get_available_providers()
+    if "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def openvino_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
+
+
+def default_backend() -> str:
+    """ONNX Runtime when it offers CUDA (a GPU is there), else OpenVINO when installed."""
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers() or not openvino_available():
+        return "onnxruntime"
+    return "openvino"
+
+
+def check_backend(backend: str | None) -> str:
+    """`backend`, or the default when None; a clear error for unknown or uninstalled ones."""
+    backend = backend or default_backend()
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "openvino" and not openvino_available():
+        raise ValueError("backend 'openvino' needs the openvino package: pip install openvino")
+    return backend
+
+
+def cpu_has_bf16() -> bool:
+    """Whether OpenVINO's CPU plugin computes bf16 natively on this processor."""
+    return "BF16" in _openvino_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def resolve_precision(precision: str) -> str:
+    """'auto' becomes bf16 where the CPU has it, else f32; 'bf16' on a CPU without it is an error."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "bf16" if cpu_has_bf16() else "f32"
+    if precision == "bf16" and not cpu_has_bf16():
+        raise ValueError("precision 'bf16' asked for, but this CPU has no native bf16 (OpenVINO would emulate it slowly); use 'f32' or 'auto'")
+    return precision
+
+
+def cache_dir() -> Path:
+    """Where compiled models are cached: $AGESTIMATE_CACHE, else the user cache folder."""
+    root = os.environ.get("AGESTIMATE_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "agestimate"
+    return Path(root) / "openvino"
+
+
+@functools.lru_cache(maxsize=1)
+def _openvino_core():
+    import openvino
+
+    core = openvino.Core()
+    folder = cache_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        core.set_property({"CACHE_DIR": str(folder)})
+    except OSError as error:  # a read-only home: compile every time instead
+        logger.info("no OpenVINO model cache (%s): %s", folder, error)
+    return core
+
+
+# -- sessions ------------------------------------------------------------------------------
+def session_options(threads: int | None) -> onnxruntime.SessionOptions:
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # w600k_mbf declares batch 1 and warns on every batched run
+    # The detector (worker thread) and the recogniser run at the same time; threads that spin
+    # while waiting for work take the cores from the other session (+50% images/s on FG-NET
+    # photos with spinning off, see BENCHMARKS.md).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if threads:
+        options.intra_op_num_threads = int(threads)
+        options.inter_op_num_threads = 1
+    return options
+
+
+class OnnxRuntimeSession:
+    """An ONNX Runtime session over a serialised graph, with its `RuntimeInfo`."""
+
+    def __init__(self, model: bytes, *, providers=None, threads: int | None = None):
+        self.session = onnxruntime.InferenceSession(
+            model, sess_options=session_options(threads), providers=list(providers) if providers else default_providers()
+        )
+        self.info = RuntimeInfo("onnxruntime", ",".join(self.session.get_providers()), "f32", threads)
+
+    def run(self, output_names, feeds) -> list[np.ndarray]:
+        return self.session.run(output_names, feeds)
+
+    def get_inputs(self):
+        return self.session.get_inputs()
+
+    def get_outputs(self):
+        return self.session.get_outputs()
+
+    def get_providers(self) -> list[str]:
+        return self.session.get_providers()
+
+
+def _shape(port) -> list:
+    return [dimension.get_length() if dimension.is_static else "?" for dimension in port.get_partial_shape()]
+
+
+class OpenVINOSession:
+    """An OpenVINO model compiled for the CPU, with the `run(output_names, feeds)` of an ONNX
+    Runtime session (and `get_inputs`/`get_outputs`, for insightface's SCRFD).
+
+    Parameters
+    ----------
+    model : the ONNX graph, serialised.
+    precision : "auto" (bf16 where the CPU has it, else f32), "bf16" or "f32".
+    threads : inference threads (default: OpenVINO's choice, all cores).
+    input_shape : compile for this one input shape instead of the graph's (dynamic) one.
+    """
+
+    def __init__(self, model: bytes, *, precision: str = "auto", threads: int | None = None, input_shape=None):
+        core = _openvino_core()
+        self._model, self._threads, self._input_shape = model, threads, input_shape
+        graph = core.read_model(model=model, weights=b"")
+        if input_shape is not None:
+            graph.reshape({graph.inputs[0]: list(input_shape)})
+        self.precision = resolve_precision(precision)
+        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": self.precision,
+                  # two models share the cores (detector in a worker thread, recogniser in the caller's)
+                  "ENABLE_CPU_PINNING": False}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        self.compiled = core.compile_model(graph, "CPU", config)
+        self._request = self.compiled.create_infer_request()
+        self._lock = threading.Lock()  # one infer request: calls from several threads take turns
+        self.info = RuntimeInfo("openvino", "CPU", self.precision, threads)
+
+    def reshaped(self, input_shape) -> OpenVINOSession:
+        """The same model compiled for one static input shape (SCRFD, per detector size)."""
+        return OpenVINOSession(self._model, precision=self.precision, threads=self._threads, input_shape=input_shape)
+
+    def run(self, output_names, feeds) -> list[np.ndarray]:
+        with self._lock:
+            results = self._request.infer({self.compiled.input(name): value for name, value in feeds.items()})
+        ports = self.compiled.outputs if output_names is None else [self.compiled.output(name) for name in output_names]
+        return [results[port] for port in ports]
+
+    def get_inputs(self) -> list[TensorInfo]:
+        return [TensorInfo(port.get_any_name(), _shape(port)) for port in self.compiled.inputs]
+
+    def get_outputs(self) -> list[TensorInfo]:
+        return [TensorInfo(port.get_any_name(), _shape(port)) for port in self.compiled.outputs]
+
+    def get_providers(self) -> list[str]:
+        return [f"OpenVINO:CPU:{self.precision}"]
+
+
+def open_session(model: bytes, *, backend: str | None = None, providers=None, threads: int | None = None,
+                 precision: str = "auto"):
+    """A session over the serialised ONNX graph `model` on `backend` (default: `default_backend`).
+
+    `providers` apply to ONNX Runtime, `precision` to OpenVINO.
+    """
+    if check_backend(backend) == "openvino":
+        return OpenVINOSession(model, precision=precision, threads=threads)
+    return OnnxRuntimeSession(model, providers=providers, threads=threads)

@@ -1,0 +1,102 @@
+import shutil
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+
+from agestimate import runtimes
+from agestimate.errors import ModelFileError
+from agestimate.faces import FaceEncoder
+from agestimate.images import load_image
+from agestimate.models import REGISTRY, load_model, weights_dir
+from agestimate.runtimes import OnnxRuntimeSession, OpenVINOSession, open_session, resolve_precision
+
+from conftest import FIXTURES
+
+
+def tiny_model() -> bytes:
+    """y = relu(x @ W), x of shape (batch, 3), with a dynamic batch."""
+    weight = helper.make_tensor("W", TensorProto.FLOAT, [3, 2], [1, -1, 2, 0, -3, 1])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Relu", ["h"], ["y"])], "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])], initializer=[weight])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def test_both_backends_answer_run_like_an_onnx_runtime_session():
+    x = np.array([[1, 2, 3], [-1, 0, 1]], np.float32)
+    expected = np.maximum(x @ np.array([[1, -1], [2, 0], [-3, 1]], np.float32), 0)
+    for backend in ("openvino", "onnxruntime"):
+        session = open_session(tiny_model(), backend=backend, precision="f32", threads=1)
+        (y,) = session.run(["y"], {"x": x})
+        np.testing.assert_allclose(y, expected, rtol=1e-6)
+        assert [i.name for i in session.get_inputs()] == ["x"] and session.get_outputs()[0].name == "y"
+        assert session.info.backend == backend and session.info.precision == "f32"
+
+
+def test_a_static_openvino_session_reports_its_fixed_shape():
+    session = OpenVINOSession(tiny_model(), precision="f32").reshaped([4, 3])
+    assert session.get_inputs()[0].shape == [4, 3]
+    assert OpenVINOSession(tiny_model(), precision="f32").get_inputs()[0].shape == ["?", 3]
+
+
+def test_precision_is_decided_from_the_cpu_and_f32_can_be_forced(monkeypatch):
+    monkeypatch.setattr(runtimes, "cpu_has_bf16", lambda: False)
+    assert resolve_precision("auto") == "f32"
+    with pytest.raises(ValueError, match="no native bf16"):
+        resolve_precision("bf16")
+    monkeypatch.setattr(runtimes, "cpu_has_bf16", lambda: True)
+    assert resolve_precision("auto") == "bf16"
+    assert resolve_precision("f32") == "f32"
+    assert OpenVINOSession(tiny_model(), precision="f32").info.precision == "f32"
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+        resolve_precision("fp8")
+
+
+def test_unknown_backend_is_refused_by_name():
+    with pytest.raises(ValueError, match="unknown backend 'tensorrt'"):
+        open_session(tiny_model(), backend="tensorrt")
+
+
+def test_the_sha_check_comes_before_openvino_compiles_anything(tmp_path, monkeypatch):
+    for weight in REGISTRY.values():
+        shutil.copy(weights_dir() / weight.filename, tmp_path / weight.filename)
+    target = tmp_path / REGISTRY["detector"].filename
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    target.write_bytes(bytes(data))
+    compiled = []
+    monkeypatch.setattr(OpenVINOSession, "__init__", lambda self, *a, **k: compiled.append(a))
+    with pytest.raises(ModelFileError, match="scrfd_500m_bnkps.onnx: SHA-256 does not match"):
+        load_model("detector", backend="openvino", directory=tmp_path)
+    with pytest.raises(ModelFileError, match="scrfd_500m_bnkps.onnx: SHA-256 does not match"):
+        FaceEncoder(backend="openvino", model_dir=tmp_path)
+    assert compiled == []
+
+
+@pytest.fixture(scope="module")
+def encoders():
+    return {backend: FaceEncoder(backend=backend, precision="f32", threads=2, descriptor="grid509")
+            for backend in ("openvino", "onnxruntime")}
+
+
+def test_openvino_and_onnx_runtime_agree_on_the_fixtures(encoders):
+    images = [load_image(path) for path in sorted((FIXTURES / "fgnet").iterdir())]
+    images += [load_image(path) for path in sorted((FIXTURES / "utkface").iterdir())[:3]]
+    for image in images:
+        found = {backend: encoder.detect(image) for backend, encoder in encoders.items()}
+        assert len(found["openvino"]) == len(found["onnxruntime"]) > 0
+        for a, b in zip(found["openvino"], found["onnxruntime"]):
+            assert np.abs(a.landmarks - b.landmarks).max() < 0.5  # pixels
+        aligned = FaceEncoder.align(image, found["onnxruntime"])
+        (e1, f1), (e2, f2) = (encoder.embed(aligned) for encoder in encoders.values())
+        assert (e1 * e2).sum(axis=1).min() > 0.999
+        assert np.abs(f1 - f2).max() < 1e-2 * np.abs(f2).max()
+
+
+def test_the_encoder_records_what_runs_it(encoders):
+    assert encoders["openvino"].runtime.as_dict() == {"backend": "openvino", "device": "CPU", "precision": "f32",
+                                                      "threads": 2}
+    assert encoders["onnxruntime"].runtime.backend == "onnxruntime"
+    assert isinstance(encoders["onnxruntime"].describer.session, OnnxRuntimeSession)
