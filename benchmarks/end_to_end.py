@@ -1,7 +1,8 @@
 """End-to-end folder scoring, side by side, on the same images and the same machine.
 
-- agestimate: `Estimator.predict_batch` (default model; the shipped embedding model is applied
-  to the identity embeddings of the same run, outside the timing), and the CLI
+- agestimate: `Estimator.predict_batch` (default model on the default backend, and again on
+  ONNX Runtime; the shipped embedding model is applied to the identity embeddings of the same
+  run, outside the timing), and the CLI
   `agestimate predict FOLDER --out FILE.csv` as a fresh process (start-up and model loading
   included);
 - insightface's own `FaceAnalysis`, restricted to detection + recognition, loading the same two
@@ -42,11 +43,12 @@ def _timed_repeats(function, paths, repeats):
     return {"seconds": seconds, "results": results}
 
 
-def agestimate_batch(paths: list[Path], repeats: int) -> dict:
+def agestimate_batch(paths: list[Path], repeats: int, **options) -> dict:
+    """`Estimator(**options).predict_batch` (options such as `backend` or `model`)."""
     from agestimate.heads import AgeGenderHeads
     from agestimate.estimator import EMBEDDING_MODEL, GENDERS, Estimator
 
-    estimator = Estimator()
+    estimator = Estimator(**options)
 
     def run(chosen):
         return [(str(r.source), r.faces) for r in estimator.predict_batch(chosen, return_embedding=True)]
@@ -62,7 +64,7 @@ def agestimate_batch(paths: list[Path], repeats: int) -> dict:
             row.update(age_embedding_model=float(outputs.age[0]),
                        gender_embedding_model=GENDERS[int(outputs.gender[0])])
         results.append(row)
-    return {"seconds": timed["seconds"], "results": results}
+    return {"seconds": timed["seconds"], "results": results, "runtime": estimator.encoder.runtime.as_dict()}
 
 
 def agestimate_command(*arguments) -> list[str]:

