@@ -1,4 +1,4 @@
-"""Annotated images: face boxes with "age, gender" labels, drawn with OpenCV."""
+"""Annotated images: face boxes with "age (interval), gender #track" labels, drawn with OpenCV."""
 
 from __future__ import annotations
 
@@ -9,14 +9,18 @@ COLOURS = {"male": (66, 135, 245), "female": (245, 66, 170)}  # RGB
 
 
 def draw_faces(image: np.ndarray, faces) -> np.ndarray:
-    """A copy of the RGB `image` with each face's box and "age, gender" label drawn on it."""
+    """A copy of the RGB `image` with each face's box and label drawn on it: "31 (25-38), M", and
+    " #2" for a face of track 2 (the interval is left out where a model has none)."""
     canvas = np.ascontiguousarray(image.copy())
     scale = max(0.4, min(canvas.shape[:2]) / 900)
     for face in faces:
         x1, y1, x2, y2 = (int(round(v)) for v in face.box)
         colour = COLOURS.get(face.gender, (255, 255, 0))
         cv2.rectangle(canvas, (x1, y1), (x2, y2), colour, max(1, int(2 * scale)))
-        label = f"{face.age:.0f}, {face.gender[0].upper()}"
+        low, high = getattr(face, "age_interval", (np.nan, np.nan))
+        interval = f" ({low:.0f}-{high:.0f})" if np.isfinite([low, high]).all() else ""
+        track = f" #{face.track}" if getattr(face, "track", None) is not None else ""
+        label = f"{face.age:.0f}{interval}, {face.gender[0].upper()}{track}"
         (width, height), baseline = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
         top = max(0, y1 - height - baseline - 2)
         cv2.rectangle(canvas, (x1, top), (x1 + width + 2, top + height + baseline + 2), colour, -1)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from .calibration import DEFAULT_LEVEL, check_level
 from .descriptors import DEFAULT_DESCRIPTOR
 from .faces import EncodedImage, FaceEncoder
 from .heads import AgeGenderHeads, HeadOutputs
@@ -31,9 +32,12 @@ class Face:
 
     box : (x1, y1, x2, y2) in image pixels. landmarks : five (x, y) points (eyes, nose, mouth).
     age : expected age in years (EVR). age_spread : standard deviation of the predicted age
-    distribution. age_group : Adience-8 group of `age`. gender : "male" or "female", with
-    gender_probability its probability. confidence : agreement of the EVR age and the RAPL
-    position in [0, 1] (probability mass of positions within 3 years of `age`).
+    distribution. age_interval : (low, high), the conformal interval of the true age at the
+    level asked for (default 0.8; NaN for an uncalibrated model; see `agestimate.calibration`).
+    age_group : Adience-8 group of `age`. gender : "male" or "female", with gender_probability
+    its calibrated probability. confidence : agreement of the EVR age and the RAPL position in
+    [0, 1] (probability mass of positions within 3 years of `age`). track : in videos, the
+    number of the track the face belongs to (see `agestimate.tracking`), else None.
     """
 
     box: tuple[float, float, float, float]
@@ -42,15 +46,18 @@ class Face:
     detection_method: str
     age: float
     age_spread: float
+    age_interval: tuple[float, float]
     age_group: str
     gender: str
     gender_probability: float
     confidence: float
+    track: int | None = None
     embedding: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
         result = {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "embedding"}
         result["box"], result["landmarks"] = list(self.box), [list(point) for point in self.landmarks]
+        result["age_interval"] = list(self.age_interval)
         if self.embedding is not None:
             result["embedding"] = self.embedding.tolist()
         return result
@@ -99,14 +106,14 @@ class Estimator:
         """An estimator over the model folder `path` (see the class parameters for `options`)."""
         return cls(path, **options)
 
-    def predict_embeddings(self, X) -> HeadOutputs:
+    def predict_embeddings(self, X, *, interval: float = DEFAULT_LEVEL) -> HeadOutputs:
         """Head outputs for feature vectors of the model's descriptor (`heads.card["descriptor"]`),
-        shape (n, d). For plain ArcFace embeddings use ``Estimator.load(EMBEDDING_MODEL)`` or
-        `agestimate.predict_embeddings`."""
-        return self.heads.predict(X)
+        shape (n, d), with age intervals at level `interval`. For plain ArcFace embeddings use
+        ``Estimator.load(EMBEDDING_MODEL)`` or `agestimate.predict_embeddings`."""
+        return self.heads.predict(X, interval=interval)
 
-    def _faces(self, encoded: EncodedImage, return_embedding: bool) -> list[Face]:
-        outputs = self.heads.predict(encoded.features)
+    def _faces(self, encoded: EncodedImage, return_embedding: bool, interval: float = DEFAULT_LEVEL) -> list[Face]:
+        outputs = self.heads.predict(encoded.features, interval=interval)
         groups = age_group(outputs.age, "adience8")
         faces = []
         for i, detection in enumerate(encoded.faces):
@@ -118,6 +125,7 @@ class Estimator:
                 detection_method=detection.method,
                 age=float(outputs.age[i]),
                 age_spread=float(outputs.age_spread[i]),
+                age_interval=(float(outputs.age_low[i]), float(outputs.age_high[i])),
                 age_group=AGE_GROUPS[groups[i]],
                 gender=GENDERS[int(female > 0.5)],
                 gender_probability=max(female, 1 - female),
@@ -126,19 +134,24 @@ class Estimator:
             ))
         return faces
 
-    def predict(self, image, *, return_embedding: bool = False, max_pixels=DEFAULT_MAX_PIXELS) -> list[Face]:
-        """Every face in one image (any source `load_image` takes), largest first.
+    def predict(self, image, *, return_embedding: bool = False, max_pixels=DEFAULT_MAX_PIXELS,
+                interval: float = DEFAULT_LEVEL) -> list[Face]:
+        """Every face in one image (any source `load_image` takes), largest first, with age
+        intervals at level `interval`.
 
         Raises `ImageLoadError` when the image cannot be read.
         """
+        check_level(interval)
         encoded = self.encoder.encode(image, max_pixels=max_pixels)
         if encoded.error is not None:
             raise encoded.error
-        return self._faces(encoded, return_embedding)
+        return self._faces(encoded, return_embedding, interval)
 
     def predict_batch(self, images: Iterable, *, batch_size: int = 32, show_progress: bool = False,
-                      return_embedding: bool = False, max_pixels=DEFAULT_MAX_PIXELS) -> Iterator[ImageResult]:
+                      return_embedding: bool = False, max_pixels=DEFAULT_MAX_PIXELS,
+                      interval: float = DEFAULT_LEVEL) -> Iterator[ImageResult]:
         """One `ImageResult` per image, lazily and in input order; a bad image gives an error record."""
+        check_level(interval)
         images = list(images) if show_progress else images
         total = len(images) if show_progress else None
         encoded_images = self.encoder.encode_batch(images, batch_size=batch_size, max_pixels=max_pixels)
@@ -146,7 +159,7 @@ class Estimator:
             if encoded.error is not None:
                 yield ImageResult(encoded.source, [], encoded.error.reason, encoded.error.kind)
             else:
-                yield ImageResult(encoded.source, self._faces(encoded, return_embedding))
+                yield ImageResult(encoded.source, self._faces(encoded, return_embedding, interval))
 
 
 @functools.lru_cache(maxsize=4)
@@ -155,17 +168,18 @@ def _estimator(max_faces=None, backend=None) -> Estimator:
 
 
 def predict(image, *, max_faces: int | None = None, return_embedding: bool = False,
-            backend: str | None = None) -> list[Face]:
-    """Age and gender of every face in `image` with the default model (loaded once, on first use)."""
-    return _estimator(max_faces, backend).predict(image, return_embedding=return_embedding)
+            backend: str | None = None, interval: float = DEFAULT_LEVEL) -> list[Face]:
+    """Age and gender of every face in `image` with the default model (loaded once, on first use);
+    `interval` is the level of `Face.age_interval`."""
+    return _estimator(max_faces, backend).predict(image, return_embedding=return_embedding, interval=interval)
 
 
-def predict_embeddings(embeddings) -> HeadOutputs:
+def predict_embeddings(embeddings, *, interval: float = DEFAULT_LEVEL) -> HeadOutputs:
     """Age and gender from L2-normalised 512-d ArcFace (w600k_mbf) embeddings, shape (n, 512).
 
     Uses the shipped model trained on plain embeddings; no detector or recogniser is loaded.
     """
-    return _embedding_heads().predict(embeddings)
+    return _embedding_heads().predict(embeddings, interval=interval)
 
 
 @functools.lru_cache(maxsize=1)
@@ -174,8 +188,10 @@ def _embedding_heads() -> AgeGenderHeads:
 
 
 def predict_batch(images: Iterable, *, batch_size: int = 32, show_progress: bool = False,
-                  max_faces: int | None = None, backend: str | None = None) -> Iterator[ImageResult]:
+                  max_faces: int | None = None, backend: str | None = None,
+                  interval: float = DEFAULT_LEVEL) -> Iterator[ImageResult]:
     """`Estimator.predict_batch` on the default model."""
-    return _estimator(max_faces, backend).predict_batch(images, batch_size=batch_size, show_progress=show_progress)
+    return _estimator(max_faces, backend).predict_batch(images, batch_size=batch_size, show_progress=show_progress,
+                                                        interval=interval)
 
 

@@ -308,13 +308,34 @@ class EmbeddingStore:
             split=column(12, object, ""),
         )
 
-    def search(self, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        """The `k` most similar stored faces (cosine) to each query: (similarities, face ids), each (n, k)."""
+    def search(self, queries: np.ndarray, k: int = 10, *, among=None) -> tuple[np.ndarray, np.ndarray]:
+        """The `k` most similar stored faces (cosine) to each query: (similarities, face ids), each (n, k).
+
+        among : only these face ids (e.g. the labelled faces); missing neighbours have id -1.
+        """
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        if among is not None:  # FAISS's GPU indexes take no ID selector: this search stays on the CPU
+            return self.index.search(queries, k, params=self._only(among))
         index = self.index
         if hasattr(faiss, "index_cpu_to_gpu") and faiss.get_num_gpus() > 0:
             index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, self.index)
         return index.search(queries, k)
+
+    def range_search(self, queries: np.ndarray, threshold: float, *, among=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every stored face with cosine >= `threshold` to each query, as FAISS gives them:
+        (limits (n + 1,), similarities, face ids); the hits of query i are ``limits[i]:limits[i + 1]``.
+
+        among : only these face ids.
+        """
+        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        return self.index.range_search(queries, threshold, params=None if among is None else self._only(among))
+
+    @staticmethod
+    def _only(face_ids) -> faiss.SearchParameters:
+        selector = faiss.IDSelectorBatch(np.ascontiguousarray(face_ids, dtype=np.int64))
+        parameters = faiss.SearchParameters(sel=selector)
+        parameters.selector_alive = selector  # the SWIG wrapper does not keep it alive by itself
+        return parameters
 
     def summary(self) -> dict:
         """Counts of what the store holds: images, faces, labels per split, files by status and reason."""

@@ -231,17 +231,46 @@ def evaluate(store, model, split, protocol, descriptor, epochs, seed, no_rapl, n
         write_report(result, report, title=f"agestimate eval: {store}", command=" ".join(sys.argv))
 
 
+@cli.command()
+@click.option("--model", required=True, type=click.Path(file_okay=False, exists=True),
+              help="Model folder; its model.json receives the calibration.")
+@click.option("--store", "stores", required=True, multiple=True, type=click.Path(file_okay=False),
+              help="Store with labelled faces the model was not trained on; repeat to pool stores.")
+@click.option("--split", "splits", multiple=True,
+              help="Split of the faces: one for every --store, or one per --store in order (default: val; all: every face).")
+@click.option("--json", "as_json", is_flag=True, help="Print the calibration as JSON.")
+@_fail_cleanly
+def calibrate(model, stores, splits, as_json):
+    """Fit the model's age intervals (conformal) and gender temperature on held-out labelled faces.
+    `train` already does it on the val split; use this for older models or your own photos."""
+    from agestimate.calibration import calibrate as calibrate_model
+
+    splits = splits or ("val",)
+    if len(splits) not in (1, len(stores)):
+        raise click.UsageError(f"give one --split, or one per --store ({len(stores)}), not {len(splits)}")
+    sources = list(zip(stores, splits if len(splits) > 1 else splits * len(stores)))
+    calibration = calibrate_model(model, sources)
+    if as_json:
+        click.echo(json.dumps(calibration.to_dict(), indent=2))
+        return
+    temperature = "none (no gender head)" if calibration.gender is None else f"{calibration.gender.temperature:.3f}"
+    click.echo(f"calibrated {model} on {calibration.source['faces']} faces: age groups split at predicted ages "
+               f"{list(calibration.age.group_edges)} ({[len(scores) for scores in calibration.age.scores]} faces), "
+               f"gender temperature {temperature}")
+
+
 def _without_near_duplicates(result, store, threshold):
     """The evaluation restricted to faces with no near-duplicate in the train split; both MAEs in the metrics."""
     import numpy as np
 
-    from agestimate.evaluation import labelled_faces, measure
     from agestimate.hygiene import leaking_test_faces
+    from agestimate.store import EmbeddingStore
 
-    everything, _ = labelled_faces(store, "emb")
-    leaking = set(everything.face_id[leaking_test_faces(everything, threshold=threshold)].tolist())
+    with EmbeddingStore(store) as database:
+        everything = database.faces(labelled=True, primary=True, descriptor="emb")
+        leaking = set(everything.face_id[leaking_test_faces(database, everything, threshold=threshold)].tolist())
     keep = ~np.isin(result.records.face_id, list(leaking))
-    clean = measure(result.records.subset(keep), result.predicted_age[keep], result.predicted_gender[keep])
+    clean = result.subset(keep)
     clean.metrics.update({"excluded_near_duplicates": int((~keep).sum()), "near_duplicate_threshold": threshold,
                           "mae_with_near_duplicates": result.metrics["mae"], "cs5_with_near_duplicates": result.metrics["cs5"]})
     return clean
@@ -272,8 +301,9 @@ def ablation(store, descriptor, seeds, epochs, device, as_json):
                    f"{cell('mae_60plus')} | {row['seconds']:.0f} |")
 
 
-PREDICTION_COLUMNS = ["file", "frame", "face", "x1", "y1", "x2", "y2", "age", "age_spread", "age_group", "gender",
-                      "gender_probability", "confidence", "detection_score", "detection_method", "error"]
+PREDICTION_COLUMNS = ["file", "frame", "face", "track", "x1", "y1", "x2", "y2", "age", "age_low", "age_high",
+                      "age_spread", "age_group", "gender", "gender_probability", "confidence", "detection_score",
+                      "detection_method", "neighbours", "error"]
 
 
 def _expand_sources(sources, recursive: bool) -> list[Path]:
@@ -304,6 +334,8 @@ def _prediction_rows(result):
         values = face.to_dict()
         x1, y1, x2, y2 = values.pop("box")
         values.pop("landmarks")
+        values.pop("embedding", None)
+        values["age_low"], values["age_high"] = values.pop("age_interval")
         yield {"file": result.source, "face": index, "x1": round(x1, 1), "y1": round(y1, 1), "x2": round(x2, 1),
                "y2": round(y2, 1), **{k: round(v, 4) if isinstance(v, float) else v for k, v in values.items()}}
 
@@ -322,13 +354,19 @@ def _prediction_rows(result):
 @click.option("--webcam", type=int, default=None, help="Read this camera (index) instead of SOURCES.")
 @click.option("--every", default=1, show_default=True, help="Videos: analyse every N-th frame, carry faces over between.")
 @click.option("--max-frames", type=int, default=None, help="Videos: stop after N frames.")
+@click.option("--interval", default=0.8, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Level of the age interval (columns age_low, age_high).")
+@click.option("--neighbours", "neighbours_store", default=None, type=click.Path(file_okay=False, exists=True),
+              help="Store whose nearest labelled faces are listed per face (column neighbours).")
+@click.option("--k", default=5, show_default=True, type=click.IntRange(min=1), help="Neighbours per face.")
 @runtime_options
 @_fail_cleanly
 def predict(sources, model, out, annotate, recursive, max_faces, crops, batch_size, threads, webcam, every, max_frames,
-            backend, precision):
+            interval, neighbours_store, k, backend, precision):
     """Age and gender of every face in SOURCES (files, folders, globs, videos): one row per face,
     and one row with the reason for each image with no face or an error. Videos (.mp4, .avi, ...)
-    and --webcam give one row per face per frame, and an annotated .avi with --annotate."""
+    and --webcam give one row per face per frame, faces tracked and smoothed along their track
+    (column track), and an annotated .avi with --annotate."""
     import csv
     import time
     from collections import Counter
@@ -351,26 +389,38 @@ def predict(sources, model, out, annotate, recursive, max_faces, crops, batch_si
         writer.writeheader()
     counts, started = Counter(), time.perf_counter()
 
+    neighbours = None
+    if neighbours_store:
+        from agestimate.neighbours import StoreNeighbours
+
+        neighbours = StoreNeighbours(neighbours_store)
+
     def emit(row: dict) -> None:
         if writer:
-            writer.writerow(row)
+            writer.writerow({**row, "neighbours": json.dumps(row["neighbours"]) if "neighbours" in row else None})
         else:
             stream.write(json.dumps(row) + "\n")
 
     try:
-        for result in estimator.predict_batch(paths, batch_size=batch_size, show_progress=True):
+        for result in estimator.predict_batch(paths, batch_size=batch_size, show_progress=True, interval=interval,
+                                              return_embedding=neighbours is not None):
             counts["images"] += 1
             counts["faces"] += len(result.faces)
             counts["no face" if result.ok and not result.faces else result.error_kind or "ok"] += 1
+            found = neighbours(result.faces, k=k) if neighbours is not None else None
             for row in _prediction_rows(result):
+                if found is not None and "face" in row:
+                    row["neighbours"] = [neighbour.to_dict() for neighbour in found[row["face"]]]
                 emit(row)
             if annotate and result.faces:
                 _write_annotated(result, Path(annotate))
         for video in videos:
-            _predict_video(video, estimator, emit, annotate, every, max_frames, counts)
+            _predict_video(video, estimator, emit, annotate, every, max_frames, counts, interval)
     finally:
         if out:
             stream.close()
+        if neighbours is not None:
+            neighbours.close()
     seconds = time.perf_counter() - started
     errors = {kind: n for kind, n in counts.items() if kind not in ("images", "faces", "ok", "no face", "frames")}
     click.echo(f"{counts['images']} images, {counts['faces']} faces, {counts['no face']} without a face, "
@@ -378,7 +428,7 @@ def predict(sources, model, out, annotate, recursive, max_faces, crops, batch_si
                f"({estimator.encoder.runtime.backend} {estimator.encoder.runtime.precision})", err=True)
 
 
-def _predict_video(video, estimator, emit, annotate, every, max_frames, counts) -> None:
+def _predict_video(video, estimator, emit, annotate, every, max_frames, counts, interval) -> None:
     import time
 
     from agestimate.estimator import ImageResult
@@ -391,7 +441,8 @@ def _predict_video(video, estimator, emit, annotate, every, max_frames, counts) 
         target = Path(annotate) / ((f"webcam{video}" if isinstance(video, int) else Path(video).stem) + ".avi")
     started, frames = time.perf_counter(), 0
     try:
-        for frame in predict_video(video, estimator, every=every, annotate_to=target, max_frames=max_frames):
+        for frame in predict_video(video, estimator, every=every, annotate_to=target, max_frames=max_frames,
+                                   interval=interval):
             frames += 1
             for index, face in enumerate(frame.faces):
                 row = next(_prediction_rows(ImageResult(name, [face])))

@@ -8,8 +8,10 @@ import time
 
 import numpy as np
 
+from agestimate.calibration import calibrate
 from agestimate.errors import StoreError
-from agestimate.evaluation import Evaluation, labelled_faces, measure, select_split
+from agestimate.evaluation import Evaluation, labelled_faces, measure, predict_records, select_split
+from agestimate.heads import AgeGenderHeads, update_card
 from agestimate.store import EmbeddingStore, FaceRecords
 
 from .augment import augment
@@ -49,10 +51,11 @@ def predict_with(fitted: FittedHeads, records: FaceRecords) -> Evaluation:
 
 def train(store, out, *, descriptor: str | None = None, options: HeadOptions = HeadOptions(), device=None,
           progress: bool = False, command: str = "", augment_with: str = "none") -> dict:
-    """Train heads on the store's train split (best epoch on val), save them to `out`, return the card.
+    """Train heads on the store's train split (best epoch on val), save them to `out`,
+    calibrate them on val (see `agestimate.calibration`), return the card.
 
-    The model card records the data, counts, options, descriptor, embedding model and the
-    val and test metrics.
+    The model card records the data, counts, options, descriptor, embedding model, the
+    calibration and the metrics of the saved (ONNX) model on each split, intervals included.
     """
     with EmbeddingStore(store) as database:
         descriptor = descriptor or database.descriptor
@@ -67,7 +70,6 @@ def train(store, out, *, descriptor: str | None = None, options: HeadOptions = H
     started = time.perf_counter()
     fitted = fit_on(splits["train"], splits["val"], options, device, progress, augment_with)
     seconds = time.perf_counter() - started
-    metrics = {name: predict_with(fitted, part).metrics for name, part in splits.items() if len(part)}
     card = {
         "data": {"store": str(store), "faces_per_split": {name: len(part) for name, part in splits.items()},
                  "face": "largest face of each labelled image"},
@@ -76,10 +78,12 @@ def train(store, out, *, descriptor: str | None = None, options: HeadOptions = H
         "embedding_model_sha256": embedding_model,
         "training_seconds": round(seconds, 1),
         "command": command,
-        "metrics": metrics,
     }
     save_model_dir(fitted, out, card=card)
-    return card
+    calibrate(out, [(store, "val")])
+    heads = AgeGenderHeads.load(out)
+    card["metrics"] = {name: predict_records(heads, part).metrics for name, part in splits.items() if len(part)}
+    return update_card(out, metrics=card["metrics"])
 
 
 def leave_one_person_out(store, *, descriptor: str | None = None, options: HeadOptions = HeadOptions(),
