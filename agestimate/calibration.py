@@ -105,8 +105,8 @@ class AgeCalibration:
         groups = self._groups(age)
         for group, scores in enumerate(self.scores):
             n = len(scores)
-            rank_low = int(np.floor((n + 1) * (1 - level) / 2))  # 1-based
-            rank_high = int(np.ceil((n + 1) * (1 + level) / 2))
+            rank_low = int(np.floor((n + 1) * (1 - level) / 2 + 1e-9))  # 1-based; 1e-9: 1 - 0.8 is 0.19999999999999996
+            rank_high = int(np.ceil((n + 1) * (1 + level) / 2 - 1e-9))
             s_low = scores[rank_low - 1] if rank_low >= 1 else -np.inf
             s_high = scores[rank_high - 1] if rank_high <= n else np.inf
             chosen = groups == group

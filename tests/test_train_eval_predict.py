@@ -56,8 +56,53 @@ def test_train_writes_an_onnx_model_with_its_card(trained):
     assert (model / "heads.onnx").is_file()
     assert card["descriptor"] == "grid509" and card["input_dim"] == 2048
     assert card["data"]["faces_per_split"] == {"train": 8, "val": 4, "test": 4}
-    assert EXPECTED_KEYS <= set(card["metrics"]["test"])
+    assert EXPECTED_KEYS | {"coverage_80", "median_width_90", "under_18_accuracy", "gender_ece"} <= set(card["metrics"]["test"])
     assert len(card["embedding_model_sha256"]) == 64
+    assert card["calibration"]["sources"] == [{"store": str(store), "split": "val", "faces": 4}]
+    assert len(card["calibration"]["age"]["scores"]) == 1  # 4 faces: too few for groups
+
+
+@pytest.fixture
+def calibrated_on_all(trained, tmp_path):
+    """A copy of the trained model calibrated on all 16 faces of the store, with the CLI."""
+    import shutil
+
+    store, model, _ = trained
+    copy = tmp_path / "model"
+    shutil.copytree(model, copy)
+    result = run("calibrate", "--model", copy, "--store", store, "--split", "all")
+    assert "calibrated" in result.stdout and "16 faces" in result.stdout
+    return copy
+
+
+def test_interval_columns_and_levels_in_cli_predictions(trained, calibrated_on_all, tmp_path):
+    _, _, folder = trained
+    widths = {}
+    for level in ("0.5", "0.8"):
+        rows = list(csv.DictReader(io.StringIO(run("predict", folder / "0.jpg", folder / "1.jpg", "--model", calibrated_on_all,
+                                                   "--interval", level).stdout)))
+        for row in rows:
+            assert float(row["age_low"]) <= float(row["age"]) <= float(row["age_high"])
+        widths[level] = [float(row["age_high"]) - float(row["age_low"]) for row in rows]
+    assert all(wide >= narrow for narrow, wide in zip(widths["0.5"], widths["0.8"])) and widths["0.8"] != widths["0.5"]
+    # 16 calibration faces cannot bound a 90% interval: conformal prediction says so with an infinite end
+    assert run("predict", folder / "0.jpg", "--model", calibrated_on_all, "--interval", "0.9").stdout.splitlines()[1].count(",inf,") == 1
+    bad = CliRunner().invoke(cli, ["predict", str(folder / "0.jpg"), "--interval", "80"])
+    assert bad.exit_code == 2 and "0<x<1" in bad.output
+    faces = Estimator.load(calibrated_on_all).predict(folder / "0.jpg", interval=0.5)
+    assert faces[0].age_interval[0] <= faces[0].age <= faces[0].age_interval[1]
+    metrics = json.loads(run("eval", "--model", calibrated_on_all, "--store", trained[0], "--split", "all", "--json").stdout)
+    assert metrics["coverage_80"] >= 0.8 and metrics["n"] == 16  # in-sample: the calibration faces themselves
+
+
+def test_cli_predict_lists_store_neighbours(trained):
+    store, model, folder = trained
+    result = run("predict", folder / "0.jpg", "--model", model, "--neighbours", store, "--k", "3")
+    [row] = list(csv.DictReader(io.StringIO(result.stdout)))
+    neighbours = json.loads(row["neighbours"])
+    assert len(neighbours) == 3 and neighbours[0]["file"].endswith("/0.jpg") and neighbours[0]["similarity"] > 0.99
+    assert neighbours[0]["age"] == float(folder.joinpath("labels.csv").read_text().splitlines()[1].split(",")[1])
+    assert {"file", "age", "gender", "split", "similarity"} <= set(neighbours[1])
 
 
 def test_eval_json_report_and_lopo(trained, tmp_path):
@@ -149,6 +194,8 @@ def test_video_rows_per_frame_and_an_annotated_copy(trained, players_path, tmp_p
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     assert [(row["frame"], row["face"]) for row in rows] == [(str(f), str(i)) for f in range(4) for i in range(3)]
     assert rows[0]["age"] == rows[3]["age"]  # frame 1 carries frame 0's faces over
+    assert float(rows[3]["x1"]) - float(rows[0]["x1"]) == pytest.approx(4 * 640 / 640, abs=1.5)  # ... and follows them
+    assert [row["track"] for row in rows[:3]] == ["1", "2", "3"] and [row["track"] for row in rows[6:9]] == ["1", "2", "3"]
     assert "4 frames" in result.stderr and "frames/s" in result.stderr
     annotated = cv2.VideoCapture(str(tmp_path / "drawn" / "clip.avi"))
     assert int(annotated.get(cv2.CAP_PROP_FRAME_COUNT)) == 4
