@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .calibration import GROUP_EDGES, fit_calibration
 from .errors import StoreError
 from .heads import AgeGenderHeads, HeadOutputs
 from .metrics import expected_calibration_error, interval_metrics, mae_by_group, summary, threshold_metrics
@@ -117,17 +118,16 @@ def person_folds(records: FaceRecords, folds: int = 5, *, seed: int = 0) -> np.n
 
 
 def person_fold_evaluation(model, store, *, calibration_sources=(), folds: int = 5, seed: int = 0,
-                           levels=INTERVAL_LEVELS) -> Evaluation:
+                           levels=INTERVAL_LEVELS, group_edges=GROUP_EDGES) -> Evaluation:
     """The model on every labelled person of `store`, with uncertainty that never saw that person.
 
     People are split into `folds` (all photos of a person in one fold); each fold is predicted
     with a calibration fitted on `calibration_sources` ((store, split) pairs, e.g. the training
     store's val split) plus the people of the other folds. Use it for a store of people the
     model was not trained on, calibrated with some of them (see `agestimate.calibration`).
-    The metrics have ``fold_coverage_80`` (etc.): the coverage of each fold.
+    The metrics have ``fold_coverage_80`` (etc.): the coverage of each fold. `group_edges`:
+    see `agestimate.calibration.AgeCalibration.fit`.
     """
-    from .calibration import fit_calibration
-
     heads = AgeGenderHeads.load(model, calibrated=False)
     descriptor = heads.card.get("descriptor")
     records, _ = labelled_faces(store, descriptor)
@@ -143,7 +143,8 @@ def person_fold_evaluation(model, store, *, calibration_sources=(), folds: int =
         others, held_out = fold != k, fold == k
         parts = [*zip(base, base_outputs), (records.subset(others), outputs.subset(others))]
         calibration = fit_calibration(HeadOutputs.concatenate([o for _, o in parts]), np.concatenate([r.age for r, _ in parts]),
-                                      np.concatenate([r.gender for r, _ in parts]))
+                                      np.concatenate([r.gender for r, _ in parts]),
+                                      group_edges=group_edges)
         age, spread = outputs.age[held_out], outputs.age_spread[held_out]
         for level, (low, high) in intervals.items():
             low[held_out], high[held_out] = calibration.age.interval(age, spread, level)
