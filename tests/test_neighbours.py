@@ -70,3 +70,22 @@ def test_fewer_labelled_faces_than_k_and_faces_without_embeddings(store_path):
         nearest_labelled(path, [type("Face", (), {"embedding": None})()], k=2)
     with pytest.raises(ValueError, match="shape"):
         nearest_labelled(path, np.zeros((2, 64)), k=2)
+
+
+def test_restricted_searches_match_faiss_id_selectors(store_path, monkeypatch):
+    import agestimate.store as store_module
+
+    path, embeddings = store_path
+    among = [1, 3, 4, 6]
+    with EmbeddingStore(path) as store:
+        filtered = store.search(embeddings, 3, among=among)  # searches all, keeps the allowed (4 excluded)
+        monkeypatch.setattr(store_module, "MAX_OVERFETCH", 0)
+        selected = store.search(embeddings, 3, among=among)  # FAISS's IDSelectorBatch
+        assert np.array_equal(filtered[1], selected[1]) and np.allclose(filtered[0], selected[0])
+        assert set(filtered[1].ravel()) <= set(among)
+        _, padded = store.search(embeddings[:1], 6, among=among)
+        assert padded[0, 4:].tolist() == [-1, -1]
+        limits, similarities, face_ids = store.range_search(embeddings, -1.0, among=among)
+        assert np.diff(limits).tolist() == [4] * 8 and set(face_ids) == set(among)
+        limits, _, face_ids = store.range_search(embeddings, 0.95, among=[3])  # face 3 is image 2; image 7 is a near copy
+        assert np.diff(limits).tolist() == [0, 0, 1, 0, 0, 0, 0, 1] and face_ids.tolist() == [3, 3]
