@@ -13,7 +13,8 @@
 
 Every runner scores the images `repeats` times after a warm-up on 10 images (except the CLI,
 which is a cold process each time) and returns the seconds of each repetition and, from the
-last one, the largest face of each image: faces found, age and gender.
+last one, the largest face of each image: faces found, age and gender. `interleaved` runs the
+tools in rounds, one repetition each, so that other load on the shared cores hits them alike.
 """
 
 from __future__ import annotations
@@ -41,6 +42,19 @@ def _timed_repeats(function, paths, repeats):
         results = function(paths)
         seconds.append(time.perf_counter() - began)
     return {"seconds": seconds, "results": results}
+
+
+def interleaved(runners: dict, rounds: int) -> dict:
+    """Each runner (a function returning a run of one repetition) once per round, `rounds` times;
+    a tool's runs are merged: the seconds of every round, the results of the last."""
+    runs = {}
+    for _ in range(rounds):
+        for tool, runner in runners.items():
+            run = runner()
+            if tool in runs:
+                run["seconds"] = runs[tool]["seconds"] + run["seconds"]
+            runs[tool] = run
+    return runs
 
 
 def agestimate_batch(paths: list[Path], repeats: int, **options) -> dict:
