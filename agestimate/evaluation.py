@@ -8,10 +8,11 @@ import numpy as np
 
 from .errors import StoreError
 from .heads import AgeGenderHeads
+from .hygiene import leaking_test_faces
+from .labels import GENDER_NAMES
 from .metrics import mae_by_group, summary
 from .store import EmbeddingStore, FaceRecords
 
-GENDER_NAMES = {0: "male", 1: "female"}
 RACE_NAMES = {0: "white", 1: "black", 2: "asian", 3: "indian", 4: "others"}
 
 
@@ -32,7 +33,7 @@ class Evaluation:
 def measure(records: FaceRecords, predicted_age: np.ndarray, predicted_gender: np.ndarray) -> Evaluation:
     """Metrics of predictions for `records` (their true labels)."""
     metrics = summary(records.age, predicted_age, gender_true=records.gender, gender_pred=predicted_gender)
-    for name, labels, names in (("gender", records.gender, GENDER_NAMES), ("race", records.race, RACE_NAMES)):
+    for name, labels, names in (("gender", records.gender, dict(enumerate(GENDER_NAMES))), ("race", records.race, RACE_NAMES)):
         known = labels >= 0
         by_group = mae_by_group(records.age[known], predicted_age[known], labels[known]) if known.any() else {}
         metrics.update({f"mae_{name}_{names.get(group, group)}": value for group, value in by_group.items()})
@@ -52,17 +53,31 @@ def labelled_faces(store, descriptor: str | None = None) -> tuple[FaceRecords, s
         return database.faces(labelled=True, primary=True, descriptor=descriptor), descriptor
 
 
-def evaluate(model, store, *, split: str = "test", providers=None) -> Evaluation:
+def evaluate(model, store, *, split: str = "test", exclude_near_duplicates: float | None = None,
+             providers=None) -> Evaluation:
     """Predict the labelled faces of `split` in `store` with the heads in the folder `model`.
 
     The largest face of each labelled image is used, with the features of the descriptor
     the model was trained on (the store must hold it).
+
+    exclude_near_duplicates : leave out the faces with a near-duplicate in the train split
+        (identity cosine >= this; see `agestimate.hygiene.leaking_test_faces`); the metrics
+        then also hold ``mae_with_near_duplicates``, ``cs5_with_near_duplicates`` and
+        ``excluded_near_duplicates``.
     """
     heads = AgeGenderHeads.load(model, providers=providers)
-    records, _ = labelled_faces(store, heads.card.get("descriptor"))
+    records, _ = labelled_faces(store, heads.require_descriptor())
     chosen = select_split(records, split)
     if len(chosen) == 0:
         present = sorted(set(records.split.tolist()) - {""})
         raise StoreError(f"{store}: no labelled faces in split {split!r} (splits present: {present or 'none'}; 'all' takes every face)")
     outputs = heads.predict(chosen.features)
-    return measure(chosen, outputs.age, outputs.gender)
+    result = measure(chosen, outputs.age, outputs.gender)
+    if exclude_near_duplicates is None:
+        return result
+    leaking = records.face_id[leaking_test_faces(records, threshold=exclude_near_duplicates)]
+    keep = ~np.isin(chosen.face_id, leaking)
+    clean = measure(chosen.subset(keep), outputs.age[keep], outputs.gender[keep])
+    clean.metrics.update({"excluded_near_duplicates": int((~keep).sum()), "near_duplicate_threshold": exclude_near_duplicates,
+                          "mae_with_near_duplicates": result.metrics["mae"], "cs5_with_near_duplicates": result.metrics["cs5"]})
+    return clean

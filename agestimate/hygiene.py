@@ -90,7 +90,7 @@ def hygiene_report(store, folder, *, threshold: float = DEFAULT_THRESHOLD, neigh
         summary = database.summary()
         records = database.faces(labelled=True, primary=True)
         faces_per_image = dict(database._db.execute(
-            "SELECT n_faces, COUNT(*) FROM images GROUP BY n_faces ORDER BY n_faces").fetchall())
+            "SELECT n_faces, COUNT(*) FROM current_images GROUP BY n_faces ORDER BY n_faces").fetchall())
         copies = database._db.execute(
             "SELECT COUNT(*), COALESCE(SUM(n), 0) FROM (SELECT COUNT(*) AS n FROM files WHERE sha256 IS NOT NULL "
             "GROUP BY sha256 HAVING n > 1)").fetchone()

@@ -3,30 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 
 from .drawing import draw_faces
 from .errors import ImageLoadError
-from .estimator import Estimator, Face
-
-VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
+from .estimator import Estimator, ImageResult
 
 
-@dataclass(frozen=True)
-class FrameResult:
-    """The faces of one frame; `analysed` is False when they were carried over from an earlier frame."""
-
-    frame: int
-    faces: list[Face]
-    analysed: bool
+def video_name(source) -> str:
+    """How results name a video: its path, or "webcam N" for a camera index."""
+    return f"webcam {source}" if isinstance(source, int) else str(source)
 
 
 def predict_video(source, estimator: Estimator, *, every: int = 1, annotate_to: str | Path | None = None,
-                  max_frames: int | None = None) -> Iterator[FrameResult]:
-    """Faces of each frame of a video file (path) or webcam (int index), lazily.
+                  max_frames: int | None = None) -> Iterator[ImageResult]:
+    """Faces of each frame of a video file (path) or webcam (int index), lazily: one
+    `ImageResult` per frame, with `frame` set and `analysed` False for carried-over faces.
 
     Parameters
     ----------
@@ -41,7 +35,7 @@ def predict_video(source, estimator: Estimator, *, every: int = 1, annotate_to: 
     if not capture.isOpened():
         raise ImageLoadError(str(source), "cannot open the video (missing file, unknown format or no such camera)",
                              kind="unreadable")
-    writer, faces, index = None, [], 0
+    name, writer, faces, index = video_name(source), None, [], 0
     try:
         while max_frames is None or index < max_frames:
             ok, bgr = capture.read()
@@ -56,7 +50,7 @@ def predict_video(source, estimator: Estimator, *, every: int = 1, annotate_to: 
                     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
                     writer = cv2.VideoWriter(str(annotate_to), cv2.VideoWriter_fourcc(*"MJPG"), fps, (bgr.shape[1], bgr.shape[0]))
                 writer.write(cv2.cvtColor(draw_faces(rgb, faces), cv2.COLOR_RGB2BGR))
-            yield FrameResult(index, faces, analysed)
+            yield ImageResult(name, faces, frame=index, analysed=analysed)
             index += 1
     finally:
         capture.release()

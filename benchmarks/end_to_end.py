@@ -60,7 +60,8 @@ def interleaved(runners: dict, rounds: int) -> dict:
 def agestimate_batch(paths: list[Path], repeats: int, **options) -> dict:
     """`Estimator(**options).predict_batch` (options such as `backend` or `model`)."""
     from agestimate.heads import AgeGenderHeads
-    from agestimate.estimator import EMBEDDING_MODEL, GENDERS, Estimator
+    from agestimate.estimator import EMBEDDING_MODEL, Estimator
+    from agestimate.labels import GENDER_NAMES
 
     estimator = Estimator(**options)
 
@@ -76,7 +77,7 @@ def agestimate_batch(paths: list[Path], repeats: int, **options) -> dict:
             row.update(age=faces[0].age, gender=faces[0].gender)
             outputs = embedding_heads.predict(faces[0].embedding[None])
             row.update(age_embedding_model=float(outputs.age[0]),
-                       gender_embedding_model=GENDERS[int(outputs.gender[0])])
+                       gender_embedding_model=GENDER_NAMES[int(outputs.gender[0])])
         results.append(row)
     return {"seconds": timed["seconds"], "results": results, "runtime": estimator.encoder.runtime.as_dict()}
 
@@ -114,7 +115,8 @@ def agestimate_cli(paths: list[Path], repeats: int) -> dict:
 def face_analysis(paths: list[Path], repeats: int) -> dict:
     from insightface.app import FaceAnalysis
 
-    from agestimate.models import default_providers, weight_path
+    from agestimate.models import weight_path
+    from agestimate.runtimes import default_providers
 
     with tempfile.TemporaryDirectory() as folder:  # insightface 2.1 takes a model folder as `name`
         for name in ("detector", "recognizer"):  # weight_path checks the pinned SHA-256

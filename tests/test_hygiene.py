@@ -42,7 +42,9 @@ def synthetic_store(tmp_path):
             sha = f"{i:064x}"
             face = FaceDetection(np.array([0, 0, 10, 10], np.float32), np.zeros((5, 2), np.float32), 0.9, "detected")
             store.add_image(sha, 200, 200, [face], embeddings[i:i + 1], features[i:i + 1])
-            store.add_file(images[i % len(images)], 1, 1, sha, "embedded")
+            copy = tmp_path / f"face{i}.jpg"  # each image has a file of its own (a shared path points at one)
+            copy.write_bytes(images[i % len(images)].read_bytes())
+            store.add_file(copy, 1, 1, sha, "embedded")
             store.set_label(sha, FaceLabel(age=ages[i], gender=i % 2, split="test" if i >= 9 else "train"), source="test")
     return path
 

@@ -74,6 +74,8 @@ def test_a_damaged_or_stale_index_is_rebuilt_from_the_record(tmp_path, caplog, d
         store.add_image("f" * 64, 1, 1, [detection(0)], random_unit_vectors(1, seed=9), random_unit_vectors(1, 768))
         store._db.close()
     store = EmbeddingStore(tmp_path / "s")
+    assert "rebuilding" not in caplog.text  # opening is cheap: the index is read on first use
+    store.index
     assert "rebuilding it from the record" in caplog.text
     ids, stored = store._all_embeddings()
     assert np.array_equal(np.asarray(store.index.index.reconstruct_n(0, store.index.ntotal)), stored)

@@ -10,6 +10,7 @@ import numpy as np
 
 from agestimate.errors import StoreError
 from agestimate.evaluation import Evaluation, labelled_faces, measure, select_split
+from agestimate.heads import gender_codes
 from agestimate.store import EmbeddingStore, FaceRecords
 
 from .augment import augment
@@ -43,7 +44,7 @@ def predict_with(fitted: FittedHeads, records: FaceRecords) -> Evaluation:
     """Measure a trained (torch) model on `records`."""
     outputs = fitted.predict(records.features)
     female = outputs.get("gender_prob_female")
-    gender = (female > 0.5).astype(np.int64) if female is not None else np.full(len(records), -1)
+    gender = gender_codes(np.zeros(len(records)) if female is None else female, uses_gender=female is not None)
     return measure(records, outputs["age"], gender)
 
 
