@@ -47,12 +47,21 @@ def leaking_test_faces(records: FaceRecords, *, threshold: float = DEFAULT_THRES
 
 def label_outliers(records: FaceRecords, *, neighbours: int = 10, min_gap: float = 15.0) -> tuple[np.ndarray, np.ndarray]:
     """Faces whose age label differs by at least `min_gap` years from the median label of their
-    `neighbours` nearest faces (descriptor features, cosine): (indices sorted by gap, neighbour medians)."""
+    `neighbours` nearest other faces (descriptor features, cosine; all other faces where there are
+    fewer): (indices sorted by gap, neighbour medians)."""
+    count = len(records)
+    neighbours = min(neighbours, count - 1)  # a small store has fewer faces than asked for
+    if neighbours < 1:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
     features = normalise(records.features.astype(np.float32))
     index = faiss.IndexFlatIP(features.shape[1])
     index.add(features)
     _, nearest = index.search(features, neighbours + 1)
-    medians = np.median(records.age[nearest[:, 1:]], axis=1)
+    # each face's own row is not its neighbour (it need not come first: an exact copy ties with it)
+    others = nearest != np.arange(count)[:, None]
+    others[others.sum(axis=1) > neighbours, -1] = False
+    nearest = nearest[others].reshape(count, neighbours)
+    medians = np.median(records.age[nearest], axis=1)
     gaps = np.abs(records.age - medians)
     order = np.argsort(-gaps)
     order = order[gaps[order] >= min_gap]

@@ -16,7 +16,6 @@ the folder all inputs share. `predict_sources` predicts everything the sources n
 from __future__ import annotations
 
 import dataclasses
-import glob
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -58,6 +57,13 @@ def _walk(folder: Path, recursive: bool) -> Iterable[Path]:
             return
 
 
+def _glob(pattern: str, recursive: bool) -> list[Path]:
+    """Files matching `pattern`, sorted; pathlib's ``**`` does not follow symbolic links to folders."""
+    path = Path(pattern)
+    parts = [part if recursive or part != "**" else "*" for part in path.parts[1 if path.anchor else 0:]]
+    return sorted(match for match in Path(path.anchor or ".").glob(str(Path(*parts))) if not match.is_dir())
+
+
 def expand_sources(sources: Iterable[str | os.PathLike], *, recursive: bool = False) -> Sources:
     """Expand files, folders and glob patterns into image and video files (see the module docstring).
 
@@ -77,7 +83,7 @@ def expand_sources(sources: Iterable[str | os.PathLike], *, recursive: bool = Fa
                 (found.images if suffix in IMAGE_SUFFIXES else found.videos if suffix in VIDEO_SUFFIXES
                  else found.ignored).append(path)
         elif isinstance(source, str) and any(character in text for character in GLOB_CHARACTERS) and not Path(text).exists():
-            matches = [Path(match) for match in sorted(glob.glob(text, recursive=recursive)) if not Path(match).is_dir()]
+            matches = _glob(text, recursive)
             if not matches:
                 found.unmatched.append(text)
             for path in matches:

@@ -135,11 +135,13 @@ class EmbeddingStore:
             meta = dict(self._db.execute("SELECT key, value FROM meta"))
         except sqlite3.DatabaseError as error:
             raise StoreError(f"{database}: not a readable store database ({error})") from error
-        if not meta:
-            meta = {"schema_version": str(SCHEMA_VERSION), "model_sha256": model_sha256, "dim": str(EMBEDDING_DIM),
-                    "descriptor": descriptor, "feature_dim": str(Descriptor.parse(descriptor).dim)}
+        if not meta:  # a new store; another process may be creating it at the same moment
+            created = {"schema_version": str(SCHEMA_VERSION), "model_sha256": model_sha256, "dim": str(EMBEDDING_DIM),
+                       "descriptor": descriptor, "feature_dim": str(Descriptor.parse(descriptor).dim)}
             with self._db:
-                self._db.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.executemany("INSERT OR IGNORE INTO meta VALUES (?, ?)", created.items())
+            meta = dict(self._db.execute("SELECT key, value FROM meta"))
         if meta.get("schema_version") != str(SCHEMA_VERSION):
             raise StoreError(f"{self.path}: store schema version {meta.get('schema_version')}, this agestimate reads {SCHEMA_VERSION}")
         if model_sha256 is not None and meta["model_sha256"] != model_sha256:

@@ -120,6 +120,9 @@ def ablation(store, *, descriptor: str | None = None, seeds=(0, 1, 2), options: 
     """
     records, _ = labelled_faces(store, descriptor)
     train_part, val_part, test_part = (select_split(records, name) for name in ("train", "val", "test"))
+    empty = [name for name, part in (("train", train_part), ("val", val_part), ("test", test_part)) if len(part) == 0]
+    if empty:
+        raise StoreError(f"{store}: the ablation needs labelled faces in the train, val and test splits; none in {empty}")
     rows = []
     for name, changes in ABLATION_VARIANTS.items():
         runs = []
