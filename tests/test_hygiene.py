@@ -10,7 +10,7 @@ from agestimate.cli.main import cli
 from agestimate.faces import FaceDetection
 from agestimate.hygiene import hygiene_report, label_outliers, leaking_test_faces, near_duplicate_pairs
 from agestimate.labels import FaceLabel
-from agestimate.store import EmbeddingStore
+from agestimate.store import EmbeddingStore, FaceRecords
 
 from conftest import FIXTURES, random_unit_vectors
 
@@ -69,3 +69,19 @@ def test_info_report_from_the_cli(synthetic_store, tmp_path):
                                       "--threshold", "0.99", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["near_duplicate_pairs_across_train_and_val_test"] == 1
+
+
+def test_label_outliers_on_a_store_smaller_than_the_neighbourhood():
+    """4 faces, 10 neighbours asked for: FAISS pads its answer with -1, which is no face."""
+    n = 4
+    features = np.tile(random_unit_vectors(1, 64), (n, 1)) + 0.05 * random_unit_vectors(n, 64, seed=1)
+    records = FaceRecords(
+        face_id=np.arange(n), sha256=np.array([""] * n, object), path=np.array([""] * n, object),
+        face_index=np.zeros(n, np.int64), box=np.zeros((n, 4), np.float32), landmarks=np.zeros((n, 5, 2), np.float32),
+        embedding=random_unit_vectors(n), features=features.astype(np.float32), score=np.ones(n, np.float32),
+        method=np.array(["detected"] * n, object), age=np.array([20, 21, 22, 80], np.float32),
+        gender=np.zeros(n, np.int64), race=np.zeros(n, np.int64), person=np.array([""] * n, object),
+        split=np.array(["train"] * n, object))
+    outliers, medians = label_outliers(records, neighbours=10, min_gap=15)
+    assert outliers.tolist() == [3] and medians.tolist() == [21]
+    assert label_outliers(records.subset(np.arange(n) < 1), neighbours=10)[0].tolist() == []  # no neighbour at all
