@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-import onnx
 
 from .models import weight_path
 from .runtimes import open_session
@@ -82,6 +81,8 @@ def tapped_recognizer(model: onnx.ModelProto, blocks: list[str]) -> onnx.ModelPr
     Each block's output is named after the block and has shape (n, c, 1, 1) (global average)
     or (n, c, 2, 2) (2x2 grid); "emb" is the existing output "516".
     """
+    import onnx  # deferred: a second and a half at import, needed only when a model is built
+
     tapped = onnx.ModelProto()
     tapped.CopyFrom(model)
     produced = {output for node in tapped.graph.node for output in node.output}
@@ -117,6 +118,8 @@ class DescriptorModel:
     def __init__(self, descriptor: Descriptor | str = DEFAULT_DESCRIPTOR, *, backend=None, providers=None, threads=None,
                  precision="auto", directory=None):
         self.descriptor = Descriptor.parse(descriptor) if isinstance(descriptor, str) else descriptor
+        import onnx
+
         model = onnx.load(str(weight_path("recognizer", directory=directory)))
         self.outputs = [EMBEDDING_OUTPUT, *(block for block in self.descriptor.blocks if block != "emb")]
         self.session = open_session(tapped_recognizer(model, list(self.descriptor.blocks)).SerializeToString(),

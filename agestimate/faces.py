@@ -7,9 +7,11 @@ import logging
 import math
 import queue
 import threading
+import time
 import warnings
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -39,6 +41,10 @@ CROP_TEMPLATE = np.array(
 )
 
 METHODS = ("detected", "padded", "template")
+
+# How long prepared images wait for the next one before they are embedded without it: long
+# enough for a folder's next photo (batches stay full), short for a camera that has stalled.
+PATIENCE = 0.1
 
 
 @dataclass(frozen=True)
@@ -224,9 +230,9 @@ class FaceEncoder:
 
         Decoding and detection of the next images run in `workers` threads (which also read
         `sources`) while the faces of earlier images are embedded, up to `batch_size` faces
-        per recogniser call. Results never wait for later images: whenever the next image is
-        not ready yet (a slow source such as a camera, or a run of images without faces),
-        the images already prepared are embedded and yielded.
+        per recogniser call. Results do not wait long for later images: when the next image
+        is not ready within `PATIENCE` seconds (a camera that stalls, a source that waits),
+        the images already prepared are embedded and yielded, faces or not.
 
         keep_image : keep each decoded RGB image in its result (`EncodedImage.image`), e.g. to
             draw on it; up to about 3 x `batch_size` decoded images are then held in memory.
@@ -236,7 +242,7 @@ class FaceEncoder:
         pending: list[tuple[EncodedImage, np.ndarray | None]] = []
         pending_faces = 0
         prepare = lambda s: self._prepare(s, max_pixels, keep_image)  # noqa: E731
-        for item in _prefetched(prepare, sources, depth=2 * batch_size, workers=workers):
+        for item in _prefetched(prepare, sources, depth=2 * batch_size, workers=workers, patience=PATIENCE):
             if item is not _WAITING:
                 pending.append(item)
                 pending_faces += len(item[0].faces)
@@ -265,12 +271,12 @@ class _Failed(NamedTuple):
     error: BaseException
 
 
-def _prefetched(function, items: Iterable, *, depth: int, workers: int = 1) -> Iterator:
+def _prefetched(function, items: Iterable, *, depth: int, workers: int = 1, patience: float = 0.0) -> Iterator:
     """`map(function, items)` computed ahead in `workers` threads, at most `depth` in flight, in order.
 
     A feeder thread reads `items`, so a source that blocks (a camera) never blocks the caller
-    while results are ready. Before it would wait for the next result, the generator yields
-    `_WAITING` once, so the caller can use the time.
+    while results are ready. When the next result has not come within `patience` seconds, the
+    generator yields `_WAITING` once before it waits on, so the caller can use the time.
     """
     ready: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
@@ -298,16 +304,17 @@ def _prefetched(function, items: Iterable, *, depth: int, workers: int = 1) -> I
         feeder.start()
         try:
             while True:
+                deadline = time.monotonic() + patience
                 try:
-                    entry = ready.get_nowait()
+                    entry = ready.get(timeout=patience) if patience > 0 else ready.get_nowait()
                 except queue.Empty:
                     yield _WAITING
-                    entry = ready.get()
+                    entry, deadline = ready.get(), None
                 if entry is _END:
                     return
                 if isinstance(entry, _Failed):
                     raise entry.error
-                if not entry.done():
+                if deadline is not None and not futures_wait([entry], timeout=max(0.0, deadline - time.monotonic())).done:
                     yield _WAITING
                 yield entry.result()
         finally:

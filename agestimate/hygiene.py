@@ -19,7 +19,7 @@ import numpy as np
 from .descriptors import normalise
 from .errors import AgestimateError
 from .images import load_image
-from .store import EmbeddingStore, FaceRecords
+from .store import CURRENT, EmbeddingStore, FaceRecords
 
 DEFAULT_THRESHOLD = 0.9  # UTKFace: 501 pairs at 0.9, median age gap 2 years (same person, same shoot)
 
@@ -99,7 +99,7 @@ def hygiene_report(store, folder, *, threshold: float = DEFAULT_THRESHOLD, neigh
         summary = database.summary()
         records = database.faces(labelled=True, primary=True)
         faces_per_image = dict(database._db.execute(
-            "SELECT n_faces, COUNT(*) FROM current_images GROUP BY n_faces ORDER BY n_faces").fetchall())
+            f"SELECT n_faces, COUNT(*) FROM images WHERE {CURRENT} GROUP BY n_faces ORDER BY n_faces").fetchall())
         copies = database._db.execute(
             "SELECT COUNT(*), COALESCE(SUM(n), 0) FROM (SELECT COUNT(*) AS n FROM files WHERE sha256 IS NOT NULL "
             "GROUP BY sha256 HAVING n > 1)").fetchone()

@@ -60,9 +60,9 @@ CREATE INDEX IF NOT EXISTS files_by_sha256 ON files (sha256);
 CREATE TABLE IF NOT EXISTS labels (
     sha256 TEXT PRIMARY KEY, age REAL, gender INTEGER, race INTEGER, person TEXT, split TEXT,
     extra TEXT, source TEXT);
-CREATE VIEW IF NOT EXISTS current_images AS
-    SELECT * FROM images WHERE sha256 IN (SELECT sha256 FROM files WHERE status != 'error');
 """
+# An image is current while a file points at it; the others are stale (left out; see `prune`).
+CURRENT = "sha256 IN (SELECT sha256 FROM files WHERE sha256 IS NOT NULL)"
 LABEL_COLUMNS = "age, gender, race, person, split, extra"
 WRITE_LOCK_SECONDS = 60  # how long a writer waits for another process's transaction
 
@@ -363,7 +363,7 @@ class EmbeddingStore:
                     raise StoreError(f"{self.path}: none of the {len(paths)} recorded files exists from {os.getcwd()} "
                                      f"(e.g. {paths[0]}); moved, unmounted, or relative to another folder? Nothing pruned")
                 self._db.executemany("DELETE FROM files WHERE path = ?", [(path,) for path in gone])
-            stale = "(SELECT sha256 FROM images WHERE sha256 NOT IN (SELECT sha256 FROM current_images))"
+            stale = f"(SELECT sha256 FROM images WHERE NOT {CURRENT})"
             faces = self._db.execute(f"DELETE FROM faces WHERE sha256 IN {stale}").rowcount
             images = self._db.execute(f"DELETE FROM images WHERE sha256 IN {stale}").rowcount
             labels = self._db.execute("DELETE FROM labels WHERE sha256 NOT IN (SELECT sha256 FROM images)").rowcount
@@ -402,12 +402,10 @@ class EmbeddingStore:
         primary : only the largest face of each image (face_index 0), the one a label describes.
         """
         query = """
-            SELECT f.id, f.sha256, p.path, f.face_index,
+            SELECT f.id, f.sha256, (SELECT MIN(path) FROM files WHERE files.sha256 = f.sha256) AS path, f.face_index,
                    f.embedding, f.features, f.score, f.method, l.age, l.gender, l.race, l.person, l.split,
                    f.box, f.landmarks
-            FROM faces f
-            JOIN (SELECT sha256, MIN(path) AS path FROM files WHERE status != 'error' GROUP BY sha256) p ON p.sha256 = f.sha256
-            LEFT JOIN labels l ON l.sha256 = f.sha256 WHERE 1 = 1"""
+            FROM faces f LEFT JOIN labels l ON l.sha256 = f.sha256 WHERE path IS NOT NULL"""
         parameters: list = []
         if split is not None:
             query += " AND l.split = ?"
@@ -462,30 +460,34 @@ class EmbeddingStore:
         and labels per split, files by status and reason, and the images no file points at any
         more (``stale_images``, left out of everything else; see `prune`)."""
         one = lambda query: self._db.execute(query).fetchone()[0]  # noqa: E731
+        # the stale images, listed once (a temporary table of this connection): every count leaves them out
+        self._db.execute("CREATE TEMP TABLE IF NOT EXISTS stale (sha256 TEXT PRIMARY KEY)")
+        self._db.execute("DELETE FROM temp.stale")
+        self._db.execute(f"INSERT INTO temp.stale SELECT sha256 FROM images WHERE NOT {CURRENT}")
+        current = "sha256 NOT IN temp.stale"
         return {
             "path": str(self.path),
             "model_sha256": self.model_sha256,
             "descriptor": self.descriptor,
-            "images": one("SELECT COUNT(*) FROM current_images"),
-            "images_with_faces": one("SELECT COUNT(*) FROM current_images WHERE n_faces > 0"),
-            "faces": one("SELECT COUNT(*) FROM faces WHERE sha256 IN (SELECT sha256 FROM current_images)"),
-            "stale_images": one("SELECT COUNT(*) FROM images WHERE sha256 NOT IN (SELECT sha256 FROM current_images)"),
+            "images": one(f"SELECT COUNT(*) FROM images WHERE {current}"),
+            "images_with_faces": one(f"SELECT COUNT(*) FROM images WHERE n_faces > 0 AND {current}"),
+            "faces": one(f"SELECT COUNT(*) FROM faces WHERE {current}"),
+            "stale_images": one("SELECT COUNT(*) FROM temp.stale"),
             "index_faces": int(self.index.ntotal),
             "files": dict(self._db.execute("SELECT status, COUNT(*) FROM files GROUP BY status")),
             "errors_by_kind": dict(self._db.execute("SELECT kind, COUNT(*) FROM files WHERE status = 'error' GROUP BY kind")),
-            "faces_by_method": dict(self._db.execute(
-                "SELECT method, COUNT(*) FROM faces WHERE sha256 IN (SELECT sha256 FROM current_images) GROUP BY method")),
+            "faces_by_method": dict(self._db.execute(f"SELECT method, COUNT(*) FROM faces WHERE {current} GROUP BY method")),
             "labelled_images_by_split": {
                 (split or "none"): count
                 for split, count in self._db.execute(
-                    "SELECT split, COUNT(*) FROM labels WHERE sha256 IN (SELECT sha256 FROM current_images) GROUP BY split")
+                    f"SELECT split, COUNT(*) FROM labels WHERE sha256 IN (SELECT sha256 FROM images) AND {current} "
+                    "GROUP BY split")
             },
             "labelled_faces_by_split": {
                 (split or "none"): count
                 for split, count in self._db.execute(
                     "SELECT l.split, COUNT(*) FROM faces f JOIN labels l ON l.sha256 = f.sha256 "
-                    "WHERE f.face_index = 0 AND l.age IS NOT NULL AND f.sha256 IN (SELECT sha256 FROM current_images) "
-                    "GROUP BY l.split")
+                    f"WHERE f.face_index = 0 AND l.age IS NOT NULL AND f.{current} GROUP BY l.split")
             },
         }
 
