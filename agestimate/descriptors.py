@@ -10,12 +10,16 @@ Preprocessing is insightface's `ArcFaceONNX.get_feat`: (pixel - 127.5) / 127.5, 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from .models import weight_path
 from .runtimes import open_session
+
+if TYPE_CHECKING:
+    import onnx
 
 EMBEDDING_OUTPUT = "516"  # BatchNorm after the final Gemm: the 512-d ArcFace embedding
 EMBEDDING_DIM = 512

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import functools
-import glob
 import json
 import logging
 import sys
-from pathlib import Path
 
 import click
 
 from agestimate.descriptors import DEFAULT_DESCRIPTOR, Descriptor
-from agestimate.errors import AgestimateError, ImageLoadError
+from agestimate.errors import AgestimateError
 from agestimate.runtimes import BACKENDS, PRECISIONS
 
 

@@ -1,3 +1,5 @@
+import sqlite3
+
 import faiss
 import numpy as np
 import pytest
@@ -76,7 +78,7 @@ def test_a_damaged_or_stale_index_is_rebuilt_from_the_record(tmp_path, caplog, d
         store._db.close()
     store = EmbeddingStore(tmp_path / "s")
     assert "rebuilding" not in caplog.text  # opening is cheap: the index is read on first use
-    store.index
+    assert store.index.ntotal == (13 if damage == "stale" else 12)
     assert "rebuilding it from the record" in caplog.text
     ids, stored = store._all_embeddings()
     assert np.array_equal(np.asarray(store.index.index.reconstruct_n(0, store.index.ntotal)), stored)
@@ -139,7 +141,9 @@ def test_labels_replace_different_ones_and_say_so(tmp_path):
 
 def test_opening_reads_no_embeddings_when_the_index_is_current(tmp_path, monkeypatch):
     fill(tmp_path / "s")
-    EmbeddingStore(tmp_path / "s").index  # a store written before index versions existed is checked once
+    with sqlite3.connect(tmp_path / "s" / "store.sqlite") as db:  # as a store written before index versions
+        db.execute("DELETE FROM meta WHERE key = 'index_version'")
+    assert EmbeddingStore(tmp_path / "s").index.ntotal == 12  # checked against the record once, then trusted
     monkeypatch.setattr(EmbeddingStore, "_all_embeddings", lambda self: pytest.fail("read every embedding"))
     with EmbeddingStore(tmp_path / "s") as store:
         assert store.summary()["index_faces"] == 12 and len(store.faces(labelled=True)) == 12
@@ -149,7 +153,7 @@ def test_opening_reads_no_embeddings_when_the_index_is_current(tmp_path, monkeyp
 def test_two_writers_store_each_image_once_and_leave_a_consistent_index(tmp_path):
     fill(tmp_path / "s", n_images=2)
     first, second = EmbeddingStore(tmp_path / "s"), EmbeddingStore(tmp_path / "s")
-    first.index, second.index  # both loaded before either writes
+    assert first.index.ntotal == second.index.ntotal == 4  # both loaded before either writes
     assert add(first, "b" * 64, 10, "/x/b.jpg") is None
     assert not second.add_image("b" * 64, 1, 1, [detection(0)], random_unit_vectors(1, seed=11),
                                 random_unit_vectors(1, 768, seed=11))  # already there: nothing recorded
