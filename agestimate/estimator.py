@@ -31,8 +31,9 @@ class Face:
     box : (x1, y1, x2, y2) in image pixels. landmarks : five (x, y) points (eyes, nose, mouth).
     age : expected age in years (EVR). age_spread : standard deviation of the predicted age
     distribution. age_group : Adience-8 group of `age`. gender : "male" or "female", with
-    gender_probability its probability; both None for a model without a gender head. confidence : agreement of the EVR age and the RAPL
-    position in [0, 1] (probability mass of positions within 3 years of `age`).
+    gender_probability its probability; both None for a model without a gender head.
+    confidence : agreement of the EVR age and the RAPL position in [0, 1] (probability mass of
+    positions within 3 years of `age`).
     """
 
     box: tuple[float, float, float, float]
@@ -177,9 +178,10 @@ class Estimator:
                       max_pixels=DEFAULT_MAX_PIXELS) -> Iterator[ImageResult]:
         """One `ImageResult` per image, lazily and in input order; a bad image gives an error record.
 
-        Results come out as soon as they are ready: a slow source (a camera) or a run of images
-        without faces is not held back to fill a batch. With ``return_image=True`` each result
-        keeps its decoded image (`ImageResult.plot`); up to about 3 x `batch_size` are then in memory.
+        Results are not held back to fill a batch: when the next image is not ready within
+        `agestimate.faces.PATIENCE` (0.1 s; a camera that stalls, say), the images already
+        prepared come out, faces or not. With ``return_image=True`` each result keeps its
+        decoded image (`ImageResult.plot`); up to about 3 x `batch_size` are then in memory.
         """
         total = len(images) if show_progress and hasattr(images, "__len__") else None
         encoded_images = self.encoder.encode_batch(images, batch_size=batch_size, max_pixels=max_pixels,

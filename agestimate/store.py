@@ -211,7 +211,8 @@ class EmbeddingStore:
             elif len(ids) and not np.array_equal(index.index.reconstruct_n(0, len(ids)), vectors):
                 problem = "vectors differ from the record"
             else:
-                self._mark_index_saved(version)  # checked once: trusted from now on
+                if self._record_version() == version:  # checked once: trusted from now on
+                    self._mark_index_saved(version)
                 return index
         if problem:  # expected after this process changed the faces; news to a reader
             logger.log(logging.DEBUG if self._faces_changed else logging.WARNING,
@@ -458,7 +459,8 @@ class EmbeddingStore:
     def summary(self) -> dict:
         """Counts of what the store holds: current images (those a file points at), their faces
         and labels per split, files by status and reason, and the images no file points at any
-        more (``stale_images``, left out of everything else; see `prune`)."""
+        more (``stale_images``, left out of everything else; see `prune`). ``index_faces``
+        counts every face in the index, those of stale images too."""
         one = lambda query: self._db.execute(query).fetchone()[0]  # noqa: E731
         # the stale images, listed once (a temporary table of this connection): every count leaves them out
         self._db.execute("CREATE TEMP TABLE IF NOT EXISTS stale (sha256 TEXT PRIMARY KEY)")
