@@ -58,8 +58,9 @@ def test_the_shipped_model_measured_from_the_test_images_agrees_with_its_card():
     measured = summary(np.array([label.age for label, _ in found]), np.array([face.age for _, face in found]),
                        gender_true=np.array([label.gender for label, _ in found]),
                        gender_pred=np.array([gender_codes[face.gender] for _, face in found]))
-    # noise: the store ran the recogniser with more feature outputs and other batch sizes (bf16 rounding);
-    # measured on 2 cores with bf16: MAE -0.010, CS@5 -0.001, 1CoA +0.0005, gender +0.0035 (7 of 2015 faces)
-    assert measured["mae"] == pytest.approx(card["mae"], abs=0.05)
+    # noise: bf16 rounding differs with the graph's outputs and batch sizes. Measured on 2 cores, bf16,
+    # card of 176beb1: MAE +0.0001, CS@5 -0.0005, 1CoA and gender equal; a card from a store embedded with
+    # four feature blocks (6a88e16): MAE -0.010, CS@5 -0.001, gender +0.0035 (7 of 2015 faces)
+    assert measured["mae"] == pytest.approx(card["mae"], abs=0.03)
     for key in ("cs5", "one_off_adience8", "gender_accuracy"):
-        assert measured[key] == pytest.approx(card[key], abs=0.01), key
+        assert measured[key] == pytest.approx(card[key], abs=0.005), key
