@@ -9,10 +9,11 @@ import numpy as np
 from .calibration import GROUP_EDGES, fit_calibration
 from .errors import StoreError
 from .heads import AgeGenderHeads, HeadOutputs
+from .hygiene import leaking_test_faces
+from .labels import GENDER_NAMES
 from .metrics import expected_calibration_error, interval_metrics, mae_by_group, summary, threshold_metrics
 from .store import EmbeddingStore, FaceRecords
 
-GENDER_NAMES = {0: "male", 1: "female"}
 RACE_NAMES = {0: "white", 1: "black", 2: "asian", 3: "indian", 4: "others"}
 INTERVAL_LEVELS = (0.8, 0.9)
 MINOR_AGE = 18
@@ -49,7 +50,7 @@ def measure(records: FaceRecords, predicted_age: np.ndarray, predicted_gender: n
             uncertainty: dict | None = None) -> Evaluation:
     """Metrics of predictions for `records` (their true labels); see `Evaluation` for `uncertainty`."""
     metrics = summary(records.age, predicted_age, gender_true=records.gender, gender_pred=predicted_gender)
-    for name, labels, names in (("gender", records.gender, GENDER_NAMES), ("race", records.race, RACE_NAMES)):
+    for name, labels, names in (("gender", records.gender, dict(enumerate(GENDER_NAMES))), ("race", records.race, RACE_NAMES)):
         known = labels >= 0
         by_group = mae_by_group(records.age[known], predicted_age[known], labels[known]) if known.any() else {}
         metrics.update({f"mae_{name}_{names.get(group, group)}": value for group, value in by_group.items()})
@@ -90,20 +91,35 @@ def labelled_faces(store, descriptor: str | None = None) -> tuple[FaceRecords, s
         return database.faces(labelled=True, primary=True, descriptor=descriptor), descriptor
 
 
-def evaluate(model, store, *, split: str = "test", providers=None) -> Evaluation:
+def evaluate(model, store, *, split: str = "test", exclude_near_duplicates: float | None = None,
+             providers=None) -> Evaluation:
     """Predict the labelled faces of `split` in `store` with the heads in the folder `model`.
 
     The largest face of each labelled image is used, with the features of the descriptor
     the model was trained on (the store must hold it). A calibrated model is also measured on
     its 80% and 90% intervals, P(age < 18) and the calibration of its gender probabilities.
+
+    exclude_near_duplicates : leave out the faces with a near-duplicate in the train split
+        (identity cosine >= this; see `agestimate.hygiene.leaking_test_faces`); the metrics
+        then also hold ``mae_with_near_duplicates``, ``cs5_with_near_duplicates`` and
+        ``excluded_near_duplicates``.
     """
     heads = AgeGenderHeads.load(model, providers=providers)
-    records, _ = labelled_faces(store, heads.card.get("descriptor"))
+    records, _ = labelled_faces(store, heads.require_descriptor())
     chosen = select_split(records, split)
     if len(chosen) == 0:
         present = sorted(set(records.split.tolist()) - {""})
         raise StoreError(f"{store}: no labelled faces in split {split!r} (splits present: {present or 'none'}; 'all' takes every face)")
-    return predict_records(heads, chosen)
+    result = predict_records(heads, chosen)
+    if exclude_near_duplicates is None:
+        return result
+    with EmbeddingStore(store) as database:
+        leaking = records.face_id[leaking_test_faces(database, records, threshold=exclude_near_duplicates)]
+    keep = ~np.isin(chosen.face_id, leaking)
+    clean = result.subset(keep)
+    clean.metrics.update({"excluded_near_duplicates": int((~keep).sum()), "near_duplicate_threshold": exclude_near_duplicates,
+                          "mae_with_near_duplicates": result.metrics["mae"], "cs5_with_near_duplicates": result.metrics["cs5"]})
+    return clean
 
 
 def person_folds(records: FaceRecords, folds: int = 5, *, seed: int = 0) -> np.ndarray:
@@ -129,7 +145,7 @@ def person_fold_evaluation(model, store, *, calibration_sources=(), folds: int =
     see `agestimate.calibration.AgeCalibration.fit`.
     """
     heads = AgeGenderHeads.load(model, calibrated=False)
-    descriptor = heads.card.get("descriptor")
+    descriptor = heads.require_descriptor()
     records, _ = labelled_faces(store, descriptor)
     fold = person_folds(records, folds, seed=seed)
     records = records.subset(fold >= 0)

@@ -30,13 +30,26 @@ import numpy as np
 import onnxruntime as ort
 
 from .calibration import DEFAULT_LEVEL, Calibration, check_level
+from .descriptors import Descriptor
 from .errors import ModelFileError
-from .runtimes import default_providers
+from .labels import UNKNOWN_GENDER
+from .runtimes import providers_or_default
 
 logger = logging.getLogger(__name__)
 
-SUPPORTED_FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # of model.json and heads.onnx, written by agestimate.training.export
+INPUT_NAME = "features"
 OUTPUT_NAMES = ("age_probs", "age", "gender_probs", "position_probs")
+REQUIRED_CARD_FIELDS = ("format_version", "input_dim", "max_age", "position_ages", "options")
+
+
+def gender_codes(prob_female: np.ndarray, *, uses_gender: bool = True) -> np.ndarray:
+    """Gender codes from P(female), shape (N,): 1 female where P(female) > 0.5, else 0 male;
+    `UNKNOWN_GENDER` (-1) for every face of a model without a gender head."""
+    prob_female = np.asarray(prob_female)
+    if not uses_gender:
+        return np.full(prob_female.shape, UNKNOWN_GENDER, np.int64)
+    return (prob_female > 0.5).astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -58,7 +71,7 @@ class HeadOutputs:
         P(female), temperature-scaled when the model is calibrated; 0.5 for a model trained
         without gender.
     gender : ndarray of int64, shape (N,)
-        0 male, 1 female; -1 for a model trained without gender.
+        0 male, 1 female (see `gender_codes`); -1 for a model trained without gender.
     position_age : ndarray of float32, shape (N,)
         Age of the most probable RAPL position.
     confidence : ndarray of float32, shape (N,)
@@ -113,18 +126,24 @@ class AgeGenderHeads:
         The ages of the position distribution's columns.
     uses_gender : bool
         Whether the model has a trained gender head.
+    descriptor : str or None
+        The face features the heads take (see `agestimate.descriptors`), from the card; None
+        for heads over other features (see `require_descriptor`).
     calibration : Calibration or None
         The card's calibration, applied by `predict` (None: the card has none, or the model
         was loaded with ``calibrated=False``).
     """
 
-    def __init__(self, session: ort.InferenceSession, card: dict, calibration: Calibration | None = None):
+    def __init__(self, session: ort.InferenceSession, card: dict, *, card_path: Path | None = None,
+                 calibration: Calibration | None = None):
         self.session = session
         self.card = card
+        self.card_path = card_path
         self.input_dim = int(card["input_dim"])
         self.age_labels = np.arange(int(card["max_age"]) + 1, dtype=np.float32)
         self.position_ages = np.asarray(card["position_ages"], dtype=np.float32)
         self.uses_gender = bool(card["options"]["use_gender"])
+        self.descriptor = card.get("descriptor")
         self.calibration = calibration
 
     @classmethod
@@ -136,7 +155,7 @@ class AgeGenderHeads:
         model_dir : str or Path
             Directory written by ``save_model_dir``.
         providers : list of str, optional
-            ONNX Runtime execution providers; default: `default_providers`.
+            ONNX Runtime execution providers; default: `agestimate.runtimes.default_providers`.
         calibrated : bool
             Apply the card's calibration; False gives the raw outputs (what `calibrate` fits).
         """
@@ -148,21 +167,28 @@ class AgeGenderHeads:
             card = json.loads(card_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise ModelFileError(f"{card_path} is not valid JSON: {error}") from error
-        missing = {"format_version", "input_dim", "max_age", "position_ages", "options"} - set(card)
+        missing = [name for name in REQUIRED_CARD_FIELDS if name not in card]
         if missing:
-            raise ModelFileError(f"{card_path} lacks the fields {sorted(missing)}")
-        if card["format_version"] != SUPPORTED_FORMAT_VERSION:
+            raise ModelFileError(f"{card_path} lacks the fields {missing}")
+        if card["format_version"] != FORMAT_VERSION:
             raise ModelFileError(
-                f"{card_path} has format_version {card['format_version']!r}; this agestimate reads "
-                f"{SUPPORTED_FORMAT_VERSION}"
+                f"{card_path} has format_version {card['format_version']!r}; this agestimate reads {FORMAT_VERSION}"
             )
+        if "descriptor" in card:
+            try:
+                dim = Descriptor.parse(str(card["descriptor"])).dim
+            except ValueError as error:
+                raise ModelFileError(f"{card_path}: {error}") from None
+            if dim != card["input_dim"]:
+                raise ModelFileError(f"{card_path}: descriptor {card['descriptor']!r} has {dim} features, "
+                                     f"input_dim says {card['input_dim']}")
         onnx_path = model_dir / card.get("onnx_file", "heads.onnx")
         if not onnx_path.exists():
             raise ModelFileError(f"ONNX file {onnx_path} named in {card_path} does not exist")
         if not onnx_path.is_file():
             raise ModelFileError(f"ONNX file {onnx_path} is not a regular file")
         try:
-            session = ort.InferenceSession(str(onnx_path), providers=providers or default_providers())
+            session = ort.InferenceSession(str(onnx_path), providers=providers_or_default(providers))
         except Exception as error:  # ONNX Runtime raises its own exception types for bad files
             raise ModelFileError(f"cannot load ONNX file {onnx_path}: {error}") from error
         outputs = {o.name for o in session.get_outputs()}
@@ -173,7 +199,17 @@ class AgeGenderHeads:
         if calibrated and calibration is None:
             logger.warning("%s has no calibration: age intervals are NaN and gender probabilities uncalibrated "
                            "(agestimate calibrate --model %s --store STORE)", card_path, model_dir)
-        return cls(session, card, calibration)
+        return cls(session, card, card_path=card_path, calibration=calibration)
+
+    def require_descriptor(self) -> str:
+        """The card's descriptor, or a clear `ModelFileError` where the card names none (then
+        nothing says which face features to compute for these heads)."""
+        if self.descriptor is None:
+            raise ModelFileError(
+                f"{self.card_path or 'the model card'} names no descriptor, so the face features these heads take "
+                f"({self.input_dim} values) are unknown; add e.g. \"descriptor\": \"grid509\" (2048) or \"emb\" (512)"
+            )
+        return self.descriptor
 
     def predict(self, X, *, batch_size: int = 4096, confidence_tolerance: float = 3.0,
                 interval: float = DEFAULT_LEVEL) -> HeadOutputs:
@@ -217,7 +253,7 @@ class AgeGenderHeads:
         return HeadOutputs(**vector)
 
     def _predict_batch(self, X: np.ndarray, tolerance: float, level: float) -> HeadOutputs:
-        age_probs, age, gender_probs, position_probs = self.session.run(list(OUTPUT_NAMES), {"features": X})
+        age_probs, age, gender_probs, position_probs = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: X})
         second_moment = age_probs @ np.square(self.age_labels)
         age_spread = np.sqrt(np.maximum(second_moment - np.square(age), 0))
         female = np.ascontiguousarray(gender_probs[:, 1])
@@ -227,7 +263,7 @@ class AgeGenderHeads:
             age_low, age_high = self.calibration.age.interval(age, age_spread, level)
             if self.calibration.gender is not None and self.uses_gender:
                 female = self.calibration.gender.apply(female).astype(np.float32)
-        gender = (female > 0.5).astype(np.int64) if self.uses_gender else np.full(len(X), -1, np.int64)
+        gender = gender_codes(female, uses_gender=self.uses_gender)
         distance = np.subtract.outer(age, self.position_ages)  # (N, n), in place below: this is the hot loop
         np.abs(distance, out=distance)
         confidence = np.einsum("ij,ij->i", position_probs, distance <= tolerance, dtype=np.float32)

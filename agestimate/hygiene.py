@@ -18,7 +18,7 @@ import numpy as np
 
 from .errors import AgestimateError
 from .images import load_image
-from .store import EmbeddingStore, FaceRecords
+from .store import CURRENT, EmbeddingStore, FaceRecords
 
 DEFAULT_THRESHOLD = 0.9  # UTKFace: 501 pairs at 0.9, median age gap 2 years (same person, same shoot)
 
@@ -52,9 +52,18 @@ def leaking_test_faces(store: EmbeddingStore, records: FaceRecords, *, threshold
 def label_outliers(store: EmbeddingStore, records: FaceRecords, *, neighbours: int = 10,
                    min_gap: float = 15.0) -> tuple[np.ndarray, np.ndarray]:
     """Faces whose age label differs by at least `min_gap` years from the median label of their
-    `neighbours` nearest faces among `records`: (indices sorted by gap, neighbour medians)."""
+    `neighbours` nearest other faces among `records` (identity embeddings, through the store's
+    index; all other faces where there are fewer): (indices sorted by gap, neighbour medians)."""
+    count = len(records)
+    neighbours = min(neighbours, count - 1)  # a small store has fewer faces than asked for
+    if neighbours < 1:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
     _, face_ids = store.search(records.embedding, neighbours + 1, among=records.face_id)
-    nearest = _rows_of(records, face_ids[:, 1:])  # the first is the face itself
+    nearest = _rows_of(records, face_ids)
+    # each face's own row is not its neighbour (it need not come first: an exact copy ties with it)
+    others = nearest != np.arange(count)[:, None]
+    others[others.sum(axis=1) > neighbours, -1] = False
+    nearest = nearest[others].reshape(count, neighbours)
     medians = np.median(records.age[nearest], axis=1)
     gaps = np.abs(records.age - medians)
     order = np.argsort(-gaps)
@@ -93,7 +102,7 @@ def hygiene_report(store, folder, *, threshold: float = DEFAULT_THRESHOLD, neigh
         summary = database.summary()
         records = database.faces(labelled=True, primary=True, descriptor="emb")
         faces_per_image = dict(database._db.execute(
-            "SELECT n_faces, COUNT(*) FROM images GROUP BY n_faces ORDER BY n_faces").fetchall())
+            f"SELECT n_faces, COUNT(*) FROM images WHERE {CURRENT} GROUP BY n_faces ORDER BY n_faces").fetchall())
         copies = database._db.execute(
             "SELECT COUNT(*), COALESCE(SUM(n), 0) FROM (SELECT COUNT(*) AS n FROM files WHERE sha256 IS NOT NULL "
             "GROUP BY sha256 HAVING n > 1)").fetchone()

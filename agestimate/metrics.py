@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-UNKNOWN_GENDER = -1
+from .labels import UNKNOWN_GENDER
 
 AGE_GROUP_CUTS = {
     "adience8": np.array([3.0, 7.0, 13.5, 22.5, 35.0, 45.5, 56.5]),
@@ -74,6 +74,10 @@ def age_group_labels(scheme: str) -> list[str]:
         return list(_ADIENCE8_LABELS)
     edges = [0, *cuts.astype(int)]
     return [f"{lo}-{hi - 1}" for lo, hi in zip(edges[:-1], edges[1:])] + [f"{edges[-1]}+"]
+
+
+DECADE_KEYS = [f"mae_{label.replace('-', '_').replace('+', 'plus')}" for label in age_group_labels("bins10")]
+"""Keys of the MAE per decade of true age in `age_metrics`: mae_0_9, ..., mae_90_99, mae_100plus."""
 
 
 def mae(y_true, y_pred) -> float:
@@ -168,11 +172,10 @@ def age_metrics(y_true, y_pred) -> dict:
     """
     y_true = np.asarray(y_true, dtype=np.float64)
     y_pred = np.asarray(y_pred, dtype=np.float64)
-    decade_keys = _decade_keys("mae")
     result = {"n": int(y_true.size)}
     if y_true.size == 0:
         keys = ["mae", "cs5"] + [f"{kind}_{s}" for s in AGE_GROUP_CUTS for kind in ("one_off", "exact")]
-        return result | dict.fromkeys(keys + ["mae_60plus"] + decade_keys)
+        return result | dict.fromkeys(keys + ["mae_60plus"] + DECADE_KEYS)
     result["mae"] = mae(y_true, y_pred)
     result["cs5"] = cumulative_score(y_true, y_pred, tolerance=5)
     for scheme in AGE_GROUP_CUTS:
@@ -181,7 +184,7 @@ def age_metrics(y_true, y_pred) -> dict:
     old = y_true >= 60
     result["mae_60plus"] = mae(y_true[old], y_pred[old]) if old.any() else None
     by_decade = mae_by_group(y_true, y_pred, age_group(y_true, "bins10"))
-    result.update({key: by_decade.get(i) for i, key in enumerate(decade_keys)})
+    result.update({key: by_decade.get(i) for i, key in enumerate(DECADE_KEYS)})
     return result
 
 

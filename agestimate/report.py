@@ -9,7 +9,7 @@ import numpy as np
 
 from .errors import AgestimateError
 from .evaluation import Evaluation
-from .metrics import age_group, age_group_labels, reliability_bins
+from .metrics import DECADE_KEYS, age_group, age_group_labels, reliability_bins
 
 
 def format_table(metrics: dict) -> str:
@@ -64,8 +64,7 @@ def write_report(evaluation: Evaluation, folder, *, title: str, command: str) ->
     figure.colorbar(image)
     figure.savefig(folder / "confusion_adience8.png", dpi=100, bbox_inches="tight")
 
-    decade_keys = [f"mae_{label.replace('-', '_').replace('+', 'plus')}" for label in age_group_labels("bins10")]
-    decades = {k: evaluation.metrics[k] for k in decade_keys if evaluation.metrics.get(k) is not None}
+    decades = {k: evaluation.metrics[k] for k in DECADE_KEYS if evaluation.metrics.get(k) is not None}
     figure, axes = plt.subplots(figsize=(7, 4))
     axes.bar([k[4:].replace("_", "-") for k in decades], list(decades.values()))
     axes.set(xlabel="true age", ylabel="MAE", title="MAE per decade")

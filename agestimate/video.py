@@ -4,7 +4,6 @@ along their tracks (see `agestimate.tracking`), with an annotated copy."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -12,24 +11,19 @@ import cv2
 from .calibration import DEFAULT_LEVEL
 from .drawing import draw_faces
 from .errors import ImageLoadError
-from .estimator import Estimator, Face
+from .estimator import Estimator, ImageResult
 from .tracking import FaceTracker
 
-VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
 
-
-@dataclass(frozen=True)
-class FrameResult:
-    """The faces of one frame; `analysed` is False when they were carried over from an earlier frame."""
-
-    frame: int
-    faces: list[Face]
-    analysed: bool
+def video_name(source) -> str:
+    """How results name a video: its path, or "webcam N" for a camera index."""
+    return f"webcam {source}" if isinstance(source, int) else str(source)
 
 
 def predict_video(source, estimator: Estimator, *, every: int = 1, annotate_to: str | Path | None = None,
-                  max_frames: int | None = None, track: bool = True, interval: float = DEFAULT_LEVEL) -> Iterator[FrameResult]:
-    """Faces of each frame of a video file (path) or webcam (int index), lazily.
+                  max_frames: int | None = None, track: bool = True, interval: float = DEFAULT_LEVEL) -> Iterator[ImageResult]:
+    """Faces of each frame of a video file (path) or webcam (int index), lazily: one
+    `ImageResult` per frame, with `frame` set and `analysed` False for carried-over faces.
 
     Parameters
     ----------
@@ -49,7 +43,7 @@ def predict_video(source, estimator: Estimator, *, every: int = 1, annotate_to: 
                              kind="unreadable")
     calibration = estimator.heads.calibration
     tracker = FaceTracker(calibration and calibration.age, interval=interval) if track else None
-    writer, faces, index, gray = None, [], 0, None
+    name, writer, faces, index, gray = video_name(source), None, [], 0, None
     try:
         while max_frames is None or index < max_frames:
             ok, bgr = capture.read()
@@ -69,7 +63,7 @@ def predict_video(source, estimator: Estimator, *, every: int = 1, annotate_to: 
                     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
                     writer = cv2.VideoWriter(str(annotate_to), cv2.VideoWriter_fourcc(*"MJPG"), fps, (bgr.shape[1], bgr.shape[0]))
                 writer.write(cv2.cvtColor(draw_faces(rgb, faces), cv2.COLOR_RGB2BGR))
-            yield FrameResult(index, faces, analysed)
+            yield ImageResult(name, faces, frame=index, analysed=analysed)
             index += 1
     finally:
         capture.release()

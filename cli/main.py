@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import functools
-import glob
 import json
 import logging
 import sys
-from pathlib import Path
 
 import click
 
 from agestimate.descriptors import DEFAULT_DESCRIPTOR, Descriptor
-from agestimate.errors import AgestimateError, ImageLoadError
+from agestimate.errors import AgestimateError
 from agestimate.runtimes import BACKENDS, PRECISIONS
 
 
@@ -73,7 +71,8 @@ def cli(verbose: int) -> None:
 @_fail_cleanly
 def embed(sources, store, labels, batch_size, crops, max_faces, det_size, det_thresh, descriptor, threads, backend,
           precision, as_json):
-    """Embed every face in SOURCES (files and folders) into the store; resumable."""
+    """Embed every face in SOURCES (files, folders, globs) into the store; resumable. Labels
+    apply to new and already stored images alike."""
     from agestimate.embedding import embed as embed_sources
 
     summary = embed_sources(
@@ -81,6 +80,10 @@ def embed(sources, store, labels, batch_size, crops, max_faces, det_size, det_th
         det_size=det_size, det_thresh=det_thresh, descriptor=descriptor, threads=threads, backend=backend,
         precision=precision, show_progress=True,
     )
+    for pattern in summary.unmatched:
+        click.echo(f"warning: no file matches {pattern}", err=True)
+    for _, reason in summary.label_problems + summary.label_conflicts:  # each reason names its file
+        click.echo(f"  {reason}", err=True)
     if as_json:
         click.echo(json.dumps(summary.as_dict(), indent=2))
         return
@@ -99,12 +102,13 @@ def embed(sources, store, labels, batch_size, crops, max_faces, det_size, det_th
         click.echo(f"errors, {kind}: {count}")
     for path, reason in summary.errors:
         click.echo(f"  {path}: {reason}", err=True)
+    if labels is not None:
+        click.echo(f"labels applied to {numbers['labelled']} files (new and already stored)")
     if summary.label_problems:
-        click.echo(f"label problems: {len(summary.label_problems)} (files embedded without a label)")
-        for _, reason in summary.label_problems:  # the reason names the file
-            click.echo(f"  {reason}", err=True)
+        click.echo(f"label problems: {len(summary.label_problems)} (files without a label, listed on stderr)")
     if summary.label_conflicts:
-        click.echo(f"label conflicts (same content, different labels; last one kept): {summary.label_conflicts}")
+        click.echo(f"label conflicts: {len(summary.label_conflicts)} (a new label replaced a different one of the same "
+                   f"content, listed on stderr)")
 
 
 @cli.command()
@@ -113,10 +117,18 @@ def embed(sources, store, labels, batch_size, crops, max_faces, det_size, det_th
 @click.option("--report", default=None, type=click.Path(file_okay=False),
               help="Write a data hygiene report here: histograms, duplicates, split leakage, label outliers.")
 @click.option("--threshold", default=0.9, show_default=True, help="Cosine of identity embeddings for near-duplicates.")
+@click.option("--prune", is_flag=True,
+              help="First forget files no longer on disk and images no file points at, with their faces and labels.")
 @_fail_cleanly
-def info(store, as_json, report, threshold):
+def info(store, as_json, report, threshold, prune):
     """Show what a store holds: images, faces, labels per split, errors by reason."""
     from agestimate.store import EmbeddingStore
+
+    if prune:
+        with EmbeddingStore(store) as db:
+            pruned = db.prune()
+        click.echo(f"pruned: {pruned['missing_files']} files no longer on disk, {pruned['images']} images no file "
+                   f"points at ({pruned['faces']} faces, {pruned['labels']} labels)", err=True)
 
     if report:
         from agestimate.hygiene import hygiene_report
@@ -145,7 +157,10 @@ def _head_options(epochs, seed, no_rapl, no_gender):
     changes = {"seed": seed, "use_rapl": not no_rapl, "use_gender": not no_gender}
     if epochs is not None:
         changes["epochs"] = epochs
-    return HeadOptions(**changes)
+    try:
+        return HeadOptions(**changes)
+    except ValueError as error:  # e.g. RAPL with --epochs 1
+        raise click.UsageError(f"{error}{'; or train without RAPL: --no-rapl' if 'RAPL' in str(error) else ''}") from error
 
 
 def _print_metrics(metrics: dict, as_json: bool) -> None:
@@ -202,14 +217,16 @@ def train(store, out, descriptor, epochs, seed, no_rapl, no_gender, device, augm
 @training_options
 @click.option("--json", "as_json", is_flag=True, help="Print a flat JSON object.")
 @click.option("--report", default=None, type=click.Path(file_okay=False), help="Write report.md, metrics.json and plots here.")
-@click.option("--exclude-near-duplicates", "exclude_threshold", type=float, default=None,
+@click.option("--exclude-near-duplicates", type=float, default=None,
               help="Also measure without the faces that have a near-duplicate (identity cosine >= this) in the train split.")
 @_fail_cleanly
 def evaluate(store, model, split, protocol, descriptor, epochs, seed, no_rapl, no_gender, device, augment_with, as_json,
-             report, exclude_threshold):
+             report, exclude_near_duplicates):
     """Measure a model on a store: MAE, CS@5, 1CoA, gender accuracy, per-group MAE."""
     if protocol == "split" and (descriptor or epochs or no_rapl or no_gender or device or augment_with != "none"):
         raise click.UsageError("--descriptor, --epochs, --no-rapl, --no-gender, --device and --augment apply to --protocol lopo only")
+    if protocol == "lopo" and (model or exclude_near_duplicates is not None or split != "test"):
+        raise click.UsageError("--model, --split and --exclude-near-duplicates apply to --protocol split only")
     if protocol == "lopo":
         options = _head_options(epochs, seed, no_rapl, no_gender)
         from agestimate.training.protocols import leave_one_person_out
@@ -221,9 +238,7 @@ def evaluate(store, model, split, protocol, descriptor, epochs, seed, no_rapl, n
             raise click.UsageError("--model is required unless --protocol lopo")
         from agestimate.evaluation import evaluate as evaluate_model
 
-        result = evaluate_model(model, store, split=split)
-        if exclude_threshold is not None:
-            result = _without_near_duplicates(result, store, exclude_threshold)
+        result = evaluate_model(model, store, split=split, exclude_near_duplicates=exclude_near_duplicates)
     _print_metrics(result.metrics, as_json)
     if report:
         from agestimate.report import write_report
@@ -259,23 +274,6 @@ def calibrate(model, stores, splits, as_json):
                f"gender temperature {temperature}")
 
 
-def _without_near_duplicates(result, store, threshold):
-    """The evaluation restricted to faces with no near-duplicate in the train split; both MAEs in the metrics."""
-    import numpy as np
-
-    from agestimate.hygiene import leaking_test_faces
-    from agestimate.store import EmbeddingStore
-
-    with EmbeddingStore(store) as database:
-        everything = database.faces(labelled=True, primary=True, descriptor="emb")
-        leaking = set(everything.face_id[leaking_test_faces(database, everything, threshold=threshold)].tolist())
-    keep = ~np.isin(result.records.face_id, list(leaking))
-    clean = result.subset(keep)
-    clean.metrics.update({"excluded_near_duplicates": int((~keep).sum()), "near_duplicate_threshold": threshold,
-                          "mae_with_near_duplicates": result.metrics["mae"], "cs5_with_near_duplicates": result.metrics["cs5"]})
-    return clean
-
-
 @cli.command()
 @click.option("--store", required=True, type=click.Path(file_okay=False), help="Store with labelled train/val/test splits.")
 @click.option("--descriptor", default=None, help="Features to train on (default: the store's descriptor).")
@@ -306,46 +304,13 @@ PREDICTION_COLUMNS = ["file", "frame", "face", "track", "x1", "y1", "x2", "y2", 
                       "detection_method", "neighbours", "error"]
 
 
-def _expand_sources(sources, recursive: bool) -> list[Path]:
-    """Files as given, folders (recursively with --recursive), and glob patterns, in order."""
-    from agestimate.embedding import IMAGE_SUFFIXES
-
-    paths = []
-    for source in sources:
-        if any(character in source for character in "*?["):
-            matches = sorted(glob.glob(source, recursive=recursive))
-            if not matches:
-                click.echo(f"warning: no file matches {source}", err=True)
-            paths += [Path(match) for match in matches if not Path(match).is_dir()]
-        elif Path(source).is_dir():
-            pattern = "**/*" if recursive else "*"
-            paths += sorted(p for p in Path(source).glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        else:
-            paths.append(Path(source))
-    return paths
-
-
-def _prediction_rows(result):
-    if not result.ok:
-        yield {"file": result.source, "error": result.error}
-    elif not result.faces:
-        yield {"file": result.source, "error": "no face"}
-    for index, face in enumerate(result.faces):
-        values = face.to_dict()
-        x1, y1, x2, y2 = values.pop("box")
-        values.pop("landmarks")
-        values.pop("embedding", None)
-        values["age_low"], values["age_high"] = values.pop("age_interval")
-        yield {"file": result.source, "face": index, "x1": round(x1, 1), "y1": round(y1, 1), "x2": round(x2, 1),
-               "y2": round(y2, 1), **{k: round(v, 4) if isinstance(v, float) else v for k, v in values.items()}}
-
-
 @cli.command()
 @click.argument("sources", nargs=-1)
 @click.option("--model", default=None, type=click.Path(file_okay=False),
               help="Model folder, or a shipped model: default (one recogniser pass), flip (two, mirrored), embedding.")
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="FILE.csv or FILE.jsonl (default: CSV on stdout).")
-@click.option("--annotate", default=None, type=click.Path(file_okay=False), help="Write annotated images into this folder.")
+@click.option("--annotate", default=None, type=click.Path(file_okay=False),
+              help="Write annotated copies into this folder, each input under its own path.")
 @click.option("--recursive", is_flag=True, help="Walk folders recursively (and ** in globs).")
 @click.option("--max-faces", type=int, default=None, help="At most N faces per image, largest first.")
 @click.option("--crops", is_flag=True, help="Inputs are tight face crops (see `embed --crops`).")
@@ -364,105 +329,70 @@ def _prediction_rows(result):
 def predict(sources, model, out, annotate, recursive, max_faces, crops, batch_size, threads, webcam, every, max_frames,
             interval, neighbours_store, k, backend, precision):
     """Age and gender of every face in SOURCES (files, folders, globs, videos): one row per face,
-    and one row with the reason for each image with no face or an error. Videos (.mp4, .avi, ...)
-    and --webcam give one row per face per frame, faces tracked and smoothed along their track
-    (column track), and an annotated .avi with --annotate."""
+    and one row with the reason for each image or frame with no face or an error. Videos (.mp4,
+    .avi, ...) and --webcam give one row per face per frame, faces tracked and smoothed along
+    their track (column track), and an annotated .avi with --annotate."""
     import csv
     import time
     from collections import Counter
 
     from agestimate.estimator import Estimator
-
-    from agestimate.video import VIDEO_SUFFIXES
+    from agestimate.sources import expand_sources, predict_sources
+    from agestimate.video import video_name
 
     if not sources and webcam is None:
         raise click.UsageError("give SOURCES or --webcam")
-    paths = _expand_sources(sources, recursive)
-    videos = [p for p in paths if p.suffix.lower() in VIDEO_SUFFIXES] + ([webcam] if webcam is not None else [])
-    paths = [p for p in paths if p.suffix.lower() not in VIDEO_SUFFIXES]
-    estimator = Estimator(model, max_faces=max_faces, crops=crops, threads=threads, backend=backend, precision=precision)
     if out is not None and not out.endswith((".csv", ".jsonl")):
         raise click.BadParameter("must end in .csv or .jsonl", param_hint="--out")
+    found = expand_sources(sources, recursive=recursive)
+    for pattern in found.unmatched:
+        click.echo(f"warning: no file matches {pattern}", err=True)
+    videos = {video_name(video) for video in found.videos + ([webcam] if webcam is not None else [])}
+    estimator = Estimator(model, max_faces=max_faces, crops=crops, threads=threads, backend=backend, precision=precision)
     stream = open(out, "w", newline="") if out else sys.stdout
     writer = csv.DictWriter(stream, PREDICTION_COLUMNS) if not (out or "").endswith(".jsonl") else None
     if writer:
         writer.writeheader()
-    counts, started = Counter(), time.perf_counter()
-
+    counts, video_times, started = Counter(), {}, time.perf_counter()
     neighbours = None
     if neighbours_store:
         from agestimate.neighbours import StoreNeighbours
 
         neighbours = StoreNeighbours(neighbours_store)
-
-    def emit(row: dict) -> None:
-        if writer:
-            writer.writerow({**row, "neighbours": json.dumps(row["neighbours"]) if "neighbours" in row else None})
-        else:
-            stream.write(json.dumps(row) + "\n")
-
     try:
-        for result in estimator.predict_batch(paths, batch_size=batch_size, show_progress=True, interval=interval,
-                                              return_embedding=neighbours is not None):
-            counts["images"] += 1
+        last = started
+        for result in predict_sources(found, estimator=estimator, webcam=webcam, batch_size=batch_size, every=every,
+                                      max_frames=max_frames, annotate=annotate, show_progress=True, interval=interval,
+                                      return_embedding=neighbours is not None):
+            evidence = neighbours(result.faces, k=k) if neighbours is not None and result.frame is None else None
+            for row in result.summary():
+                if evidence is not None and "face" in row:
+                    row["neighbours"] = [neighbour.to_dict() for neighbour in evidence[row["face"]]]
+                if writer:
+                    writer.writerow({**row, "neighbours": json.dumps(row["neighbours"])} if "neighbours" in row else row)
+                else:
+                    stream.write(json.dumps(row) + "\n")
+            counts["frames" if result.frame is not None else "videos" if result.source in videos else "images"] += 1
             counts["faces"] += len(result.faces)
             counts["no face" if result.ok and not result.faces else result.error_kind or "ok"] += 1
-            found = neighbours(result.faces, k=k) if neighbours is not None else None
-            for row in _prediction_rows(result):
-                if found is not None and "face" in row:
-                    row["neighbours"] = [neighbour.to_dict() for neighbour in found[row["face"]]]
-                emit(row)
-            if annotate and result.faces:
-                _write_annotated(result, Path(annotate))
-        for video in videos:
-            _predict_video(video, estimator, emit, annotate, every, max_frames, counts, interval)
+            now = time.perf_counter()
+            if result.frame is not None:  # frames of a video, from the end of what came before it
+                frames, first, _ = video_times.get(result.source, (0, last, last))
+                video_times[result.source] = (frames + 1, first, now)
+            last = now
     finally:
         if out:
             stream.close()
         if neighbours is not None:
             neighbours.close()
     seconds = time.perf_counter() - started
-    errors = {kind: n for kind, n in counts.items() if kind not in ("images", "faces", "ok", "no face", "frames")}
-    click.echo(f"{counts['images']} images, {counts['faces']} faces, {counts['no face']} without a face, "
-               f"errors: {errors or 'none'}; {counts['images'] / max(seconds, 1e-9):.1f} images/s "
+    for name, (frames, first, end) in video_times.items():
+        took = end - first
+        click.echo(f"{name}: {frames} frames in {took:.1f} s, {frames / max(took, 1e-9):.1f} frames/s "
+                   f"(every {every}. frame analysed)", err=True)
+    errors = {kind: n for kind, n in counts.items() if kind not in ("images", "videos", "frames", "faces", "ok", "no face")}
+    ignored = f", {len(found.ignored)} other files ignored" if found.ignored else ""
+    click.echo(f"{counts['images']} images, {counts['frames']} video frames, {counts['faces']} faces, "
+               f"{counts['no face']} images or frames without a face, errors: {errors or 'none'}{ignored}; "
+               f"{(counts['images'] + counts['frames']) / max(seconds, 1e-9):.1f} images/s, frames included "
                f"({estimator.encoder.runtime.backend} {estimator.encoder.runtime.precision})", err=True)
-
-
-def _predict_video(video, estimator, emit, annotate, every, max_frames, counts, interval) -> None:
-    import time
-
-    from agestimate.estimator import ImageResult
-    from agestimate.video import predict_video
-
-    name = f"webcam {video}" if isinstance(video, int) else str(video)
-    target = None
-    if annotate:
-        Path(annotate).mkdir(parents=True, exist_ok=True)
-        target = Path(annotate) / ((f"webcam{video}" if isinstance(video, int) else Path(video).stem) + ".avi")
-    started, frames = time.perf_counter(), 0
-    try:
-        for frame in predict_video(video, estimator, every=every, annotate_to=target, max_frames=max_frames,
-                                   interval=interval):
-            frames += 1
-            for index, face in enumerate(frame.faces):
-                row = next(_prediction_rows(ImageResult(name, [face])))
-                emit({**row, "frame": frame.frame, "face": index})
-    except ImageLoadError as error:  # one unreadable video does not stop the batch
-        emit({"file": name, "error": error.reason})
-        counts[error.kind] += 1
-        return
-    seconds = time.perf_counter() - started
-    counts["frames"] += frames
-    click.echo(f"{name}: {frames} frames in {seconds:.1f} s, {frames / max(seconds, 1e-9):.1f} frames/s "
-               f"(every {every}. frame analysed)", err=True)
-
-
-def _write_annotated(result, folder: Path) -> None:
-    import cv2
-
-    from agestimate.drawing import draw_faces
-    from agestimate.images import load_image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    drawn = draw_faces(load_image(result.source), result.faces)
-    cv2.imwrite(str(folder / (Path(result.source).stem + ".jpg")), cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))

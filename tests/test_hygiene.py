@@ -1,6 +1,7 @@
 """Duplicate, leakage and outlier logic on a small synthetic store with known answers."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,7 +25,9 @@ def make_store(path, embeddings, ages, splits):
             sha = f"{i:064x}"
             face = FaceDetection(np.array([0, 0, 10, 10], np.float32), np.zeros((5, 2), np.float32), 0.9, "detected")
             store.add_image(sha, 200, 200, [face], embeddings[i:i + 1], features[i:i + 1])
-            store.add_file(images[i % len(images)], 1, 1, sha, "embedded")
+            copy = Path(path).parent / f"face{i}.jpg"  # each image has a file of its own (a shared path points at one)
+            copy.write_bytes(images[i % len(images)].read_bytes())
+            store.add_file(copy, 1, 1, sha, "embedded")
             store.set_label(sha, FaceLabel(age=age, gender=i % 2, split=split), source="test")
     return path
 
@@ -75,3 +78,13 @@ def test_info_report_from_the_cli(synthetic_store, tmp_path):
                                       "--threshold", "0.99", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["near_duplicate_pairs_across_train_and_val_test"] == 1
+
+
+def test_label_outliers_on_a_store_smaller_than_the_neighbourhood(tmp_path):
+    """4 faces, 10 neighbours asked for: the search pads its answer with -1, which is no face."""
+    path = make_store(tmp_path / "store", random_unit_vectors(4, 512), [20, 21, 22, 80], ["train"] * 4)
+    with EmbeddingStore(path) as store:
+        records = store.faces(labelled=True, primary=True)
+        outliers, medians = label_outliers(store, records, neighbours=10, min_gap=15)
+        assert outliers.tolist() == [3] and medians.tolist() == [21]
+        assert label_outliers(store, records.subset(np.arange(4) < 1), neighbours=10)[0].tolist() == []  # no neighbour at all

@@ -11,7 +11,7 @@ import numpy as np
 from agestimate.calibration import calibrate
 from agestimate.errors import StoreError
 from agestimate.evaluation import Evaluation, labelled_faces, measure, predict_records, select_split
-from agestimate.heads import AgeGenderHeads, update_card
+from agestimate.heads import AgeGenderHeads, gender_codes, update_card
 from agestimate.store import EmbeddingStore, FaceRecords
 
 from .augment import augment
@@ -45,7 +45,7 @@ def predict_with(fitted: FittedHeads, records: FaceRecords) -> Evaluation:
     """Measure a trained (torch) model on `records`."""
     outputs = fitted.predict(records.features)
     female = outputs.get("gender_prob_female")
-    gender = (female > 0.5).astype(np.int64) if female is not None else np.full(len(records), -1)
+    gender = gender_codes(np.zeros(len(records)) if female is None else female, uses_gender=female is not None)
     return measure(records, outputs["age"], gender)
 
 
@@ -123,6 +123,9 @@ def ablation(store, *, descriptor: str | None = None, seeds=(0, 1, 2), options: 
     """
     records, _ = labelled_faces(store, descriptor)
     train_part, val_part, test_part = (select_split(records, name) for name in ("train", "val", "test"))
+    empty = [name for name, part in (("train", train_part), ("val", val_part), ("test", test_part)) if len(part) == 0]
+    if empty:
+        raise StoreError(f"{store}: the ablation needs labelled faces in the train, val and test splits; none in {empty}")
     rows = []
     for name, changes in ABLATION_VARIANTS.items():
         runs = []
