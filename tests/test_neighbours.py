@@ -48,11 +48,11 @@ def store_path(tmp_path):
 def test_neighbours_are_the_labelled_faces_found_by_the_store_index(store_path):
     path, embeddings = store_path
     with EmbeddingStore(path) as store:
-        store.index = CountingIndex(store.index)
         search = StoreNeighbours(store)
+        counting = store._index = CountingIndex(store.index)  # the index the store has read, counted
         query = embeddings[2] + 0.05 * random_unit_vectors(1, 512, seed=9)[0]
         [found] = search(query[None, :], k=3)
-        assert store.index.searches == 1
+        assert counting.searches == 1 and store.index is counting
     assert len(search) == 6 and len(found) == 3
     first = found[0]
     assert first.age == 30 and first.gender == "male" and first.split == "train" and first.file.endswith(

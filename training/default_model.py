@@ -17,6 +17,9 @@ backend (see `agestimate.runtimes`), so the heads learn the features that predic
 `weights/flip` (the same heads on features averaged with the mirrored crop, two recogniser
 passes) is retrained when stores embedded with ``--descriptor grid509+flip`` are given as
 ``--flip-store`` and ``--flip-fgnet-store``.
+
+``--calibrate-only`` keeps the heads in the weights folders and reruns only the steps after
+training (calibration and measurement), for heads trained by an earlier run of this recipe.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ def main(argv=None) -> None:
     parser.add_argument("--flip-store", help="the UTKFace store embedded with --descriptor grid509+flip (weights/flip)")
     parser.add_argument("--flip-fgnet-store", help="the FG-NET store embedded with --descriptor grid509+flip")
     parser.add_argument("--out", default=str(WEIGHTS), help="folder receiving default/, embedding/ (and flip/)")
+    parser.add_argument("--calibrate-only", action="store_true",
+                        help="keep the trained heads in --out; calibrate and measure them again")
     args = parser.parse_args(argv)
     if (args.flip_store is None) != (args.flip_fgnet_store is None):
         parser.error("--flip-store and --flip-fgnet-store go together")
@@ -58,9 +63,12 @@ def main(argv=None) -> None:
         if store is None:
             continue
         folder = Path(args.out) / name
-        card = train(store, folder, descriptor=descriptor, options=OPTIONS, progress=True, command=command)
+        if args.calibrate_only:
+            card = json.loads((folder / "model.json").read_text())
+        else:
+            card = train(store, folder, descriptor=descriptor, options=OPTIONS, progress=True, command=command)
         calibrate(folder, [(store, "val"), (fgnet_store, "all")])
-        metrics = {split: evaluate(folder, store, split=split).metrics for split in card["metrics"]}
+        metrics = {split: evaluate(folder, store, split=split).metrics for split in ("train", "val", "test")}
         metrics["fgnet_all"] = person_fold_evaluation(folder, fgnet_store, calibration_sources=[(store, "val")]).metrics
         update_card(folder, metrics=metrics, data={**card["data"], "fgnet_store": fgnet_store},
                     licence="heads trained on UTKFace (non-commercial research only); "
