@@ -105,8 +105,11 @@ class FaceTracker:
             else:
                 track.embedding = _unit(0.8 * track.embedding + 0.2 * _unit(face.embedding))
             track.missed = 0
-            p_female = min(max(face.gender_probability if face.gender == "female" else 1 - face.gender_probability, 0), 1)
-            track.observations.append((face.age, max(face.age_spread, MIN_SPREAD), float(logit(p_female)), face.confidence))
+            if face.gender is None:  # a model without a gender head
+                gender_logit = float("nan")
+            else:
+                gender_logit = float(logit(face.gender_probability if face.gender == "female" else 1 - face.gender_probability))
+            track.observations.append((face.age, max(face.age_spread, MIN_SPREAD), gender_logit, face.confidence))
             track.face = self._smoothed(face, track)
             shown.append(track)
         self.tracks = [track for track in self.tracks if track.missed <= self.max_missed]
@@ -138,11 +141,14 @@ class FaceTracker:
             low = high = float("nan")
         else:
             low, high = (float(end[0]) for end in self.calibration.interval([age], [spread], self.interval))
-        female = float(sigmoid(logits.mean()))
+        gender, probability = None, None
+        if not np.isnan(logits).all():
+            female = float(sigmoid(np.nanmean(logits)))
+            gender, probability = _GENDERS[int(female > 0.5)], max(female, 1 - female)
         return dataclasses.replace(
             face, age=age, age_spread=spread, age_interval=(low, high), age_group=_AGE_GROUPS[int(age_group([age], "adience8")[0])],
-            gender=_GENDERS[int(female > 0.5)], gender_probability=max(female, 1 - female),
-            confidence=float(confidences.mean()), track=track.number, embedding=None)
+            gender=gender, gender_probability=probability, confidence=float(confidences.mean()), track=track.number,
+            embedding=None)
 
     def follow(self, previous_gray: np.ndarray, gray: np.ndarray) -> list:
         """The faces of the last analysed frame, their boxes and landmarks moved from the grey

@@ -11,9 +11,11 @@ from conftest import random_unit_vectors
 
 
 def face(box, embedding, age, spread=3.0, female=0.2):
+    """A face as `Estimator.predict` gives it; female=None: from a model without a gender head."""
+    gender = None if female is None else "female" if female > 0.5 else "male"
     return Face(box=tuple(map(float, box)), landmarks=((0.0, 0.0),) * 5, detection_score=0.9, detection_method="detected",
-                age=age, age_spread=spread, age_interval=(np.nan, np.nan), age_group="", gender="female" if female > 0.5 else "male",
-                gender_probability=max(female, 1 - female), confidence=0.5, embedding=embedding)
+                age=age, age_spread=spread, age_interval=(np.nan, np.nan), age_group="", gender=gender,
+                gender_probability=None if female is None else max(female, 1 - female), confidence=0.5, embedding=embedding)
 
 
 def test_box_iou():
@@ -62,3 +64,11 @@ def test_follow_moves_boxes_with_the_image():
     [after] = tracker.follow(texture, shifted)
     assert np.allclose(np.array(after.box) - np.array(before.box), [5, 3, 5, 3], atol=0.5)
     assert after.age == before.age and after.track == before.track
+
+
+def test_faces_without_gender_stay_without_gender():
+    identity = random_unit_vectors(1, 512, seed=6)[0]
+    tracker = FaceTracker()
+    for age in (20, 24):
+        [smoothed] = tracker.update([face((0, 0, 40, 40), identity, age, female=None)])
+    assert smoothed.gender is None and smoothed.gender_probability is None and smoothed.age == pytest.approx(22)
