@@ -415,3 +415,29 @@ def _write_annotated(result, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     drawn = draw_faces(load_image(result.source), result.faces)
     cv2.imwrite(str(folder / (Path(result.source).stem + ".jpg")), cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", default=8000, show_default=True)
+@click.option("--model", default=None, type=click.Path(file_okay=False),
+              help="Model folder, or a shipped model: default, flip, embedding.")
+@click.option("--workers", default=1, show_default=True, help="Processes, each with its own model and queue.")
+@click.option("--max-faces", type=int, default=None, help="At most N faces per image, largest first.")
+@click.option("--threads", type=int, default=None, help="Inference threads per worker (default: cores / workers).")
+@click.option("--max-upload-mb", default=20.0, show_default=True, help="Larger uploads are answered 413.")
+@click.option("--max-pixels", default=40_000_000, show_default=True, help="Larger images are answered 413.")
+@click.option("--queue-size", default=16, show_default=True,
+              help="Requests in work per worker; more are answered 503 at once.")
+@runtime_options
+@_fail_cleanly
+def serve(host, port, model, workers, max_faces, threads, max_upload_mb, max_pixels, queue_size, backend, precision):
+    """Serve the HTTP API (POST /v1/predict, /v1/annotate; docs at /docs) and a web page at /;
+    needs the serve extra."""
+    try:
+        from agestimate.serve import serve as run_server
+    except ImportError as error:
+        raise click.ClickException(f"serving needs the serve extra: pip install 'agestimate[serve]' ({error})") from error
+
+    run_server(model, host=host, port=port, workers=workers, backend=backend, precision=precision, threads=threads,
+               max_faces=max_faces, max_upload_mb=max_upload_mb, max_pixels=max_pixels, queue_size=queue_size)
