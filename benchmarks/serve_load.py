@@ -1,19 +1,20 @@
 """Load test of `agestimate serve` on loopback: concurrent clients, good photos and bad uploads.
 
-    python benchmarks/serve_load.py [--clients 8] [--requests 400] [--workers 1] [--queue-size 16]
+    python benchmarks/serve_load.py [--clients 8] [--requests 400] [--warm-up 200] [--workers 1] [--queue-size 16]
 
 Starts `agestimate serve` on 127.0.0.1 (a free port) in a subprocess and computes the expected
-faces of every photo with the library in this process. Each photo and bad upload is then sent
-once (warm-up: the detector compiles once per input size), and `requests` POST /v1/predict
-follow from `clients` threads (httpx, keep-alive), cycling through the test fixtures and
-insightface's group photo (22 faces) and five bad uploads (not an image, truncated, empty, over
-the pixel limit, over the upload limit), as multipart and raw bodies in turn.
+faces of every photo with the library in this process. Requests are POST /v1/predict from
+`clients` threads (httpx, keep-alive), cycling through the test fixtures and insightface's group
+photo (22 faces) and five bad uploads (not an image, truncated, empty, over the pixel limit,
+over the upload limit), as multipart and raw bodies in turn. Each item is first sent once alone
+(the detector compiles once per input size), then `warm_up` requests as under load (glibc's
+malloc arenas, one per thread that allocates, fill up and then stay), then `requests` measured.
 
 Checks, exit status 1 when one fails: every photo is answered 200 with the library's faces,
 every bad upload with its designed status and kind, no 5xx but the designed 503 (after which
 the client waits Retry-After and sends again), and resident memory flat: the server's RSS
-(all its processes, from /proc, so Linux only) at the end within `--rss-slack-mb` of its RSS
-after the warm-up. Prints requests/s, latency percentiles and RSS as JSON.
+(all its processes, from /proc, so Linux only) after the measured requests within
+`--rss-slack-mb` of its RSS before them. Prints requests/s, latency percentiles and RSS as JSON.
 """
 
 from __future__ import annotations
@@ -136,8 +137,10 @@ def send(client: httpx.Client, url: str, name: str, body: bytes, multipart: bool
     return client.post(url + "/v1/predict", content=body, headers={"content-type": "application/octet-stream"})
 
 
-def load(url: str, pid: int, *, clients: int = 8, requests: int = 400, rss_slack_mb: float = 64.0) -> dict:
-    """Run the load against the server at `url` (process `pid`); the summary and the list of failures."""
+def load(url: str, pid: int, *, clients: int = 8, requests: int = 400, warm_up: int = 200,
+         rss_slack_mb: float = 64.0) -> dict:
+    """Run the load against the server at `url` (process `pid`): `warm_up` requests first (after
+    each item once alone), then `requests` measured. The summary, with the list of failures."""
     goods = photos()
     expected = expected_faces(goods)
     bads = bad_uploads()
@@ -152,9 +155,45 @@ def load(url: str, pid: int, *, clients: int = 8, requests: int = 400, rss_slack
         elif (response.status_code, response.json().get("kind")) != designed:
             failures.append(f"request {index} {name}: expected {designed}, got {response.status_code} {response.text[:200]}")
 
-    with httpx.Client(timeout=120) as client:  # warm-up: each item once
+    def drive(count: int) -> tuple[Counter, dict, float]:
+        """`count` requests from `clients` threads; their statuses, latencies and seconds."""
+        statuses, latencies = Counter(), {"good": [], "bad": [], "503": []}
+        next_index, lock = iter(range(count)), threading.Lock()
+
+        def client_loop() -> None:
+            with httpx.Client(timeout=120) as client:
+                while True:
+                    with lock:
+                        index = next(next_index, None)
+                    if index is None:
+                        return
+                    name, body, designed = items[index % len(items)]
+                    while True:
+                        began = time.perf_counter()
+                        response = send(client, url, name, body, index % 2 == 0)
+                        seconds = time.perf_counter() - began
+                        with lock:
+                            statuses[response.status_code] += 1
+                        if response.status_code != 503:
+                            break
+                        latencies["503"].append(seconds)
+                        time.sleep(float(response.headers.get("retry-after", 1)))
+                    latencies["good" if designed is None else "bad"].append(seconds)
+                    check(index, name, response, designed)
+
+        began = time.perf_counter()
+        threads = [threading.Thread(target=client_loop) for _ in range(clients)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return statuses, latencies, time.perf_counter() - began
+
+    with httpx.Client(timeout=120) as client:  # each item once alone: the detector compiles per input size
         for index, (name, body, designed) in enumerate(items):
             check(-1, name, send(client, url, name, body, index % 2 == 0), designed)
+    rss_start = resident_mb(pid)
+    drive(warm_up)  # glibc's malloc arenas fill up under concurrency, then stay
     rss_after_warm_up = resident_mb(pid)
 
     rss_samples, stop_sampling = [], threading.Event()
@@ -163,40 +202,9 @@ def load(url: str, pid: int, *, clients: int = 8, requests: int = 400, rss_slack
         while not stop_sampling.wait(0.1):
             rss_samples.append(resident_mb(pid))
 
-    statuses, latencies, overloaded = Counter(), {"good": [], "bad": [], "503": []}, []
-    next_index, lock = iter(range(requests)), threading.Lock()
-
-    def client_loop() -> None:
-        with httpx.Client(timeout=120) as client:
-            while True:
-                with lock:
-                    index = next(next_index, None)
-                if index is None:
-                    return
-                name, body, designed = items[index % len(items)]
-                while True:
-                    began = time.perf_counter()
-                    response = send(client, url, name, body, index % 2 == 0)
-                    seconds = time.perf_counter() - began
-                    with lock:
-                        statuses[response.status_code] += 1
-                    if response.status_code != 503:
-                        break
-                    latencies["503"].append(seconds)
-                    overloaded.append(index)
-                    time.sleep(float(response.headers.get("retry-after", 1)))
-                latencies["good" if designed is None else "bad"].append(seconds)
-                check(index, name, response, designed)
-
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    began = time.perf_counter()
-    threads = [threading.Thread(target=client_loop) for _ in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    seconds = time.perf_counter() - began
+    statuses, latencies, seconds = drive(requests)
     stop_sampling.set()
     sampler.join()
     rss_end = resident_mb(pid)
@@ -214,16 +222,15 @@ def load(url: str, pid: int, *, clients: int = 8, requests: int = 400, rss_slack
         return {"n": len(values), "p50_ms": round(p50, 1), "p90_ms": round(p90, 1), "p99_ms": round(p99, 1),
                 "max_ms": round(max(values) * 1000, 1)}
 
-    answered = sum(statuses.values())  # 503s and the requests sent again after them included
+    good_items = [items[i % len(items)] for i in range(requests) if items[i % len(items)][2] is None]
     return {
-        "clients": clients, "requests": requests, "seconds": round(seconds, 2),
+        "clients": clients, "requests": requests, "warm_up": warm_up, "seconds": round(seconds, 2),
         "requests_per_second": round(requests / seconds, 1),
-        "faces_per_request": round(float(np.mean([len(expected[name]) for name, _, designed in
-                                                  (items[i % len(items)] for i in range(requests)) if designed is None])), 2),
-        "statuses": dict(sorted(statuses.items())), "responses": answered,
+        "faces_per_good_request": round(float(np.mean([len(expected[name]) for name, _, _ in good_items])), 2),
+        "statuses": dict(sorted(statuses.items())),  # 503s counted, and the requests sent again after them
         "latency_good": percentiles(latencies["good"]), "latency_bad": percentiles(latencies["bad"]),
         "latency_503": percentiles(latencies["503"]),
-        "rss_mb": {"after_warm_up": round(rss_after_warm_up), "end": round(rss_end),
+        "rss_mb": {"start": round(rss_start), "after_warm_up": round(rss_after_warm_up), "end": round(rss_end),
                    "max": round(max(rss_samples, default=rss_end)), "growth": round(rss_end - rss_after_warm_up, 1)},
         "failures": failures,
     }
@@ -233,6 +240,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument("--warm-up", type=int, default=200, help="Requests sent before the measured ones.")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--queue-size", type=int, default=16)
     parser.add_argument("--backend", default=None)
@@ -243,7 +251,7 @@ def main(argv=None) -> int:
                "--max-upload-mb", str(MAX_UPLOAD_MB)] + (["--backend", arguments.backend] if arguments.backend else [])
     with running_server(*options) as (url, process):
         summary = load(url, process.pid, clients=arguments.clients, requests=arguments.requests,
-                       rss_slack_mb=arguments.rss_slack_mb)
+                       warm_up=arguments.warm_up, rss_slack_mb=arguments.rss_slack_mb)
     summary.update({"workers": arguments.workers, "queue_size": arguments.queue_size,
                     "command": "python " + " ".join([f"benchmarks/{Path(__file__).name}", *(argv or sys.argv[1:])]),
                     "date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count()})
