@@ -244,14 +244,22 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--queue-size", type=int, default=16)
     parser.add_argument("--backend", default=None)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="Repeat the measured requests on the same server; RSS after each round is reported.")
     parser.add_argument("--rss-slack-mb", type=float, default=64.0)
     parser.add_argument("--json", default=None, help="Also write the summary here.")
     arguments = parser.parse_args(argv)
     options = ["--workers", str(arguments.workers), "--queue-size", str(arguments.queue_size),
                "--max-upload-mb", str(MAX_UPLOAD_MB)] + (["--backend", arguments.backend] if arguments.backend else [])
     with running_server(*options) as (url, process):
-        summary = load(url, process.pid, clients=arguments.clients, requests=arguments.requests,
-                       warm_up=arguments.warm_up, rss_slack_mb=arguments.rss_slack_mb)
+        rounds = [load(url, process.pid, clients=arguments.clients, requests=arguments.requests,
+                       warm_up=arguments.warm_up if index == 0 else 0, rss_slack_mb=arguments.rss_slack_mb)
+                  for index in range(arguments.rounds)]
+    summary = rounds[-1]
+    if len(rounds) > 1:
+        summary["failures"] = [failure for result in rounds for failure in result["failures"]]
+        summary["rounds"] = [{"requests_per_second": result["requests_per_second"], "rss_mb": result["rss_mb"]}
+                             for result in rounds]
     summary.update({"workers": arguments.workers, "queue_size": arguments.queue_size,
                     "command": "python " + " ".join([f"benchmarks/{Path(__file__).name}", *(argv or sys.argv[1:])]),
                     "date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count()})

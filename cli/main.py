@@ -13,6 +13,7 @@ import click
 
 from agestimate.descriptors import DEFAULT_DESCRIPTOR, Descriptor
 from agestimate.errors import AgestimateError, ImageLoadError
+from agestimate.images import DEFAULT_MAX_PIXELS
 from agestimate.runtimes import BACKENDS, PRECISIONS
 
 
@@ -422,12 +423,15 @@ def _write_annotated(result, folder: Path) -> None:
 @click.option("--port", default=8000, show_default=True)
 @click.option("--model", default=None, type=click.Path(file_okay=False),
               help="Model folder, or a shipped model: default, flip, embedding.")
-@click.option("--workers", default=1, show_default=True, help="Processes, each with its own model and queue.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Processes, each with its own model and queue.")
 @click.option("--max-faces", type=int, default=None, help="At most N faces per image, largest first.")
 @click.option("--threads", type=int, default=None, help="Inference threads per worker (default: cores / workers).")
-@click.option("--max-upload-mb", default=20.0, show_default=True, help="Larger uploads are answered 413.")
-@click.option("--max-pixels", default=40_000_000, show_default=True, help="Larger images are answered 413.")
-@click.option("--queue-size", default=16, show_default=True,
+@click.option("--max-upload-mb", default=20.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Larger uploads are answered 413.")
+@click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(min=1),
+              help="Larger images are answered 413, before they are decoded.")
+@click.option("--queue-size", default=16, show_default=True, type=click.IntRange(min=1),
               help="Requests in work per worker; more are answered 503 at once.")
 @runtime_options
 @_fail_cleanly
