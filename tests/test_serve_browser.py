@@ -157,3 +157,19 @@ def test_api_docs_render_from_local_assets(browser, url):
     paths = {element.text for element in browser.find_elements("css selector", ".opblock-summary-path")}
     assert {"/v1/predict", "/v1/annotate", "/v1/health", "/v1/model"} <= paths
     assert_only_local_resources(browser, url)
+
+
+def test_a_format_the_browser_cannot_draw_is_drawn_by_the_server(browser, url, tmp_path):
+    tiff = tmp_path / "face.tiff"
+    Image.open(FIXTURES / "fgnet" / "003A35.JPG").save(tiff)
+    browser.get(url + "/")
+    browser.find_element("id", "file").send_keys(str(tiff))
+    status, error = wait_for_result(browser)
+    assert not error and status.startswith("1 face in face.tiff"), status
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    annotated = WebDriverWait(browser, 60).until(
+        lambda driver: driver.find_element("id", "annotated") if driver.find_element("id", "annotated").is_displayed()
+        and driver.execute_script("return document.getElementById('annotated').naturalWidth") else False)
+    assert browser.execute_script("return document.getElementById('annotated').naturalWidth") == Image.open(tiff).width
+    assert not browser.find_element("id", "result").is_displayed() and len(table_rows(browser)) == 1
