@@ -57,7 +57,9 @@ class Face:
     def to_dict(self) -> dict:
         result = {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "embedding"}
         result["box"], result["landmarks"] = list(self.box), [list(point) for point in self.landmarks]
-        result["age_interval"] = list(self.age_interval)
+        # JSON has no NaN or infinity: an end the model cannot give (no calibration, or too few
+        # calibration faces for the level) is None
+        result["age_interval"] = [end if np.isfinite(end) else None for end in self.age_interval]
         if self.embedding is not None:
             result["embedding"] = self.embedding.tolist()
         return result

@@ -11,6 +11,7 @@ import click
 
 from agestimate.descriptors import DEFAULT_DESCRIPTOR, Descriptor
 from agestimate.errors import AgestimateError
+from agestimate.images import DEFAULT_MAX_PIXELS
 from agestimate.runtimes import BACKENDS, PRECISIONS
 
 
@@ -396,3 +397,32 @@ def predict(sources, model, out, annotate, recursive, max_faces, crops, batch_si
                f"{counts['no face']} images or frames without a face, errors: {errors or 'none'}{ignored}; "
                f"{(counts['images'] + counts['frames']) / max(seconds, 1e-9):.1f} images/s, frames included "
                f"({estimator.encoder.runtime.backend} {estimator.encoder.runtime.precision})", err=True)
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", default=8000, show_default=True)
+@click.option("--model", default=None, type=click.Path(file_okay=False),
+              help="Model folder, or a shipped model: default, flip, embedding.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Processes, each with its own model and queue.")
+@click.option("--max-faces", type=int, default=None, help="At most N faces per image, largest first.")
+@click.option("--threads", type=int, default=None, help="Inference threads per worker (default: cores / workers).")
+@click.option("--max-upload-mb", default=20.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Larger uploads are answered 413.")
+@click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(min=1),
+              help="Larger images are answered 413, before they are decoded.")
+@click.option("--queue-size", default=16, show_default=True, type=click.IntRange(min=1),
+              help="Requests in work per worker; more are answered 503 at once.")
+@runtime_options
+@_fail_cleanly
+def serve(host, port, model, workers, max_faces, threads, max_upload_mb, max_pixels, queue_size, backend, precision):
+    """Serve the HTTP API (POST /v1/predict, /v1/annotate; docs at /docs) and a web page at /;
+    needs the serve extra."""
+    try:
+        from agestimate.serve import serve as run_server
+    except ImportError as error:
+        raise click.ClickException(f"serving needs the serve extra: pip install 'agestimate[serve]' ({error})") from error
+
+    run_server(model, host=host, port=port, workers=workers, backend=backend, precision=precision, threads=threads,
+               max_faces=max_faces, max_upload_mb=max_upload_mb, max_pixels=max_pixels, queue_size=queue_size)
