@@ -9,7 +9,7 @@ import numpy as np
 
 from .errors import AgestimateError
 from .evaluation import Evaluation
-from .metrics import age_group, age_group_labels
+from .metrics import age_group, age_group_labels, decade_keys
 
 
 def format_table(metrics: dict) -> str:
@@ -19,6 +19,17 @@ def format_table(metrics: dict) -> str:
         if isinstance(value, float):
             value = f"{value:.4f}"
         rows.append(f"| {key} | {'-' if value is None else value} |")
+    return "\n".join(rows)
+
+
+def decade_table(evaluation: Evaluation) -> str:
+    """Faces, MAE and bias (mean signed error, predicted - true) per decade of true age, as Markdown."""
+    metrics = evaluation.metrics
+    counts = np.bincount(age_group(evaluation.records.age, "bins10"), minlength=len(age_group_labels("bins10")))
+    rows = ["| true age | faces | MAE | bias |", "|---|---|---|---|"]
+    for count, label, mae_key, bias_key in zip(counts, age_group_labels("bins10"), decade_keys("mae"), decade_keys("bias")):
+        if metrics.get(mae_key) is not None:
+            rows.append(f"| {label} | {count} | {metrics[mae_key]:.2f} | {metrics[bias_key]:+.2f} |")
     return "\n".join(rows)
 
 
@@ -63,17 +74,20 @@ def write_report(evaluation: Evaluation, folder, *, title: str, command: str) ->
     figure.colorbar(image)
     figure.savefig(folder / "confusion_adience8.png", dpi=100, bbox_inches="tight")
 
-    decade_keys = [f"mae_{label.replace('-', '_').replace('+', 'plus')}" for label in age_group_labels("bins10")]
-    decades = {k: evaluation.metrics[k] for k in decade_keys if evaluation.metrics.get(k) is not None}
-    figure, axes = plt.subplots(figsize=(7, 4))
-    axes.bar([k[4:].replace("_", "-") for k in decades], list(decades.values()))
-    axes.set(xlabel="true age", ylabel="MAE", title="MAE per decade")
+    labels = age_group_labels("bins10")
+    present = [i for i, key in enumerate(decade_keys("mae")) if evaluation.metrics.get(key) is not None]
+    figure, (mae_axes, bias_axes) = plt.subplots(1, 2, figsize=(12, 4))
+    for axes, prefix, name in ((mae_axes, "mae", "MAE"), (bias_axes, "bias", "mean signed error (predicted - true)")):
+        values = [evaluation.metrics[decade_keys(prefix)[i]] for i in present]
+        axes.bar([labels[i] for i in present], values)
+        axes.set(xlabel="true age", ylabel=name, title=f"{name} per decade")
+    bias_axes.axhline(0, color="black", linewidth=1)
     figure.savefig(folder / "mae_per_decade.png", dpi=100, bbox_inches="tight")
     plt.close("all")
 
     (folder / "report.md").write_text(
-        f"# {title}\n\nCommand: `{command}`\n\n{format_table(evaluation.metrics)}\n\n"
+        f"# {title}\n\nCommand: `{command}`\n\n{format_table(evaluation.metrics)}\n\n{decade_table(evaluation)}\n\n"
         "![predicted vs true](predicted_vs_true.png)\n![error by age](error_by_age.png)\n"
-        "![Adience-8 confusion](confusion_adience8.png)\n![MAE per decade](mae_per_decade.png)\n"
+        "![Adience-8 confusion](confusion_adience8.png)\n![MAE and bias per decade](mae_per_decade.png)\n"
     )
     return folder
