@@ -81,6 +81,15 @@ class FaceRecords:
     def subset(self, mask) -> FaceRecords:
         return FaceRecords(**{name: value[mask] for name, value in vars(self).items()})
 
+    def replace(self, **columns) -> FaceRecords:
+        """The same faces with some columns replaced (e.g. ``split``)."""
+        return FaceRecords(**{**vars(self), **columns})
+
+    @staticmethod
+    def concatenate(parts: list[FaceRecords]) -> FaceRecords:
+        """The faces of several record sets, one after another."""
+        return FaceRecords(**{name: np.concatenate([vars(part)[name] for part in parts]) for name in vars(parts[0])})
+
 
 class EmbeddingStore:
     """A folder holding `store.sqlite` (the record) and `index.faiss` (the search index).

@@ -157,3 +157,51 @@ def test_video_rows_per_frame_and_an_annotated_copy(trained, players_path, tmp_p
     rows = list(csv.DictReader(io.StringIO(missing.stdout)))
     assert "cannot open the video" in rows[0]["error"] and rows[0]["file"].endswith("nope.mp4")
     assert len(rows) > 1 and {row["frame"] for row in rows[1:]} == {"0"}
+
+
+@pytest.fixture(scope="module")
+def people_store(trained, tmp_path_factory):
+    """The same faces as a store like FG-NET: people, no split."""
+    _, _, folder = trained
+    root = tmp_path_factory.mktemp("people")
+    rows = list(csv.reader(open(folder / "labels.csv")))[1:]
+    with open(root / "labels.csv", "w", newline="") as stream:
+        csv.writer(stream).writerows([["path", "age", "gender", "person"], *[[str(folder / row[0]), *row[1:3], f"q{row[3]}"] for row in rows]])
+    run("embed", folder, "--store", root / "store", "--labels", root / "labels.csv")
+    return root / "store"
+
+
+def test_train_on_two_stores_refits_with_every_person(trained, people_store, tmp_path):
+    store, _, _ = trained
+    result = run("train", "--store", store, "--store", people_store, "--out", tmp_path / "m", "--epochs", "3", "--refit",
+                 "--val-fraction", "0.25", "--json")
+    card = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert card["data"]["stores"] == [str(store), str(people_store)]
+    assert card["data"]["faces_per_source"] == {str(store): {"train": 8, "val": 4, "test": 4}, str(people_store): {"train": 16}}
+    assert card["data"]["faces_per_split"] == {"train": 24, "val": 4, "test": 4}
+    choice = card["epoch_choice"]
+    assert choice["val_faces_per_source"] == {str(store): 4, str(people_store): 4}  # one of four people held out
+    assert card["best_epoch"] == choice["best_epoch"] and len(card["history"]) == choice["best_epoch"]
+    assert set(card["metrics_by_source"]) == {str(store), str(people_store)}
+    assert set(card["metrics_by_source"][str(people_store)]) == {"train"}
+    assert "store_test_mae" in json.loads(result.stdout)
+
+
+def test_person_folds_protocol_over_two_stores(trained, people_store):
+    store, _, _ = trained
+    folds = json.loads(run("eval", "--store", store, "--store", people_store, "--protocol", "folds", "--folds", "2",
+                           "--epochs", "2", "--json").stdout)
+    assert folds["n"] == 32 and "bias_20_29" in folds  # the people of both stores, each predicted once
+    result = CliRunner().invoke(cli, ["eval", "--store", str(store), "--protocol", "folds", "--folds", "9", "--epochs", "2"])
+    assert result.exit_code == 1 and "9 folds of 4 people" in result.output
+
+
+def test_train_without_label_outliers_and_near_duplicates(trained, tmp_path):
+    store, _, _ = trained
+    run("train", "--store", store, "--out", tmp_path / "m", "--epochs", "2", "--exclude-near-duplicates", "0.3",
+        "--exclude-label-outliers")
+    data = json.loads((tmp_path / "m" / "model.json").read_text())["data"]
+    excluded = data["excluded_training_faces"]
+    assert set(excluded) == {"label_outliers", "near_duplicates_of_val_test"} and data["near_duplicate_threshold"] == 0.3
+    assert excluded["label_outliers"] == 2  # of 8 training faces aged 3 to 70: the outer ages sit among 25-year-olds
+    assert data["faces_per_split"] == {"train": 8 - sum(excluded.values()), "val": 4, "test": 4}

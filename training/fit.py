@@ -93,10 +93,10 @@ class FittedHeads:
         Age of each RAPL position (the distinct training ages).
     best_epoch : int
         1-based epoch with the lowest validation MAE (among epochs >= 2 with RAPL, whose
-        position head has been trained).
+        position head has been trained); the last epoch when trained without validation.
     history : list of dict
         Per epoch: ``epoch``, ``lr``, ``train_loss`` (and its ``train_age_loss`` /
-        ``train_gender_loss`` / ``train_position_loss`` parts) and ``val_mae``.
+        ``train_gender_loss`` / ``train_position_loss`` parts) and ``val_mae`` (with validation).
     """
 
     model: AgeGenderNet
@@ -215,6 +215,8 @@ def fit_heads(
         0 male, 1 female, -1 unknown (left out of the gender loss); None means all unknown.
     X_val, age_val, gender_val
         The validation set, same conventions; only its MAE is used (to pick the best epoch).
+        ``X_val=None``: no validation set, the last epoch is kept (to refit on more data
+        for an epoch count chosen before).
     options : HeadOptions
         Hyper-parameters.
     device : str or torch.device, optional
@@ -226,11 +228,13 @@ def fit_heads(
     -------
     FittedHeads
     """
-    X_train, X_val = _as_features(X_train, "X_train"), _as_features(X_val, "X_val")
-    if X_val.shape[1] != X_train.shape[1]:
-        raise ValueError(f"X_val has {X_val.shape[1]} features but X_train has {X_train.shape[1]}")
+    X_train = _as_features(X_train, "X_train")
     age_train, gender_train = _as_labels(age_train, gender_train, len(X_train), "train")
-    age_val, _ = _as_labels(age_val, gender_val, len(X_val), "val")
+    if X_val is not None:
+        X_val = _as_features(X_val, "X_val")
+        if X_val.shape[1] != X_train.shape[1]:
+            raise ValueError(f"X_val has {X_val.shape[1]} features but X_train has {X_train.shape[1]}")
+        age_val, _ = _as_labels(age_val, gender_val, len(X_val), "val")
     if options.use_gender and not (gender_train != UNKNOWN_GENDER).any():
         raise ValueError("use_gender=True but no training sample has a known gender; set use_gender=False")
     device = resolve_device(device)
@@ -280,15 +284,20 @@ def fit_heads(
         )
         scheduler.step()
 
-        val_age = _predict(model, X_val, batch_size=8192, device=device)["age"].numpy()
-        val_mae = float(np.abs(val_age - age_val).mean())
-        record = {"epoch": epoch, "lr": lr, **train_losses, "val_mae": val_mae}
+        record = {"epoch": epoch, "lr": lr, **train_losses}
+        if X_val is not None:
+            val_age = _predict(model, X_val, batch_size=8192, device=device)["age"].numpy()
+            record["val_mae"] = float(np.abs(val_age - age_val).mean())
         history.append(record)
         logger.debug("epoch %d: %s", epoch, record)
-        bar.set_postfix(train_loss=f"{record['train_loss']:.3f}", val_mae=f"{val_mae:.3f}")
+        bar.set_postfix(train_loss=f"{record['train_loss']:.3f}", val_mae=f"{record.get('val_mae', np.nan):.3f}")
+        if X_val is None:
+            continue
         # With RAPL, epoch 1 has an untrained position head and no R: not a candidate.
-        if val_mae < best_mae and not (options.use_rapl and epoch == 1):
-            best, best_mae = (epoch, copy.deepcopy(model)), val_mae
+        if record["val_mae"] < best_mae and not (options.use_rapl and epoch == 1):
+            best, best_mae = (epoch, copy.deepcopy(model)), record["val_mae"]
+    if X_val is None:
+        best, best_mae = (options.epochs, model), np.nan
 
     if best is None:
         raise RuntimeError(f"validation MAE was never finite: {[r['val_mae'] for r in history]}")
