@@ -50,6 +50,11 @@ class HeadOptions:
         Expected value refinement, or the plain FC regression ablation.
     lam, mu : float
         Weights of the gender and position losses (Eq. 8).
+    variance_weight : float
+        Weight of the variance term of the mean-variance loss (0: off; the paper's 0.05).
+    distribution_weight, distribution_sigma : float
+        Weight (0: off) of the label distribution loss, and the width in years of its
+        Gaussian target around each true age.
     seed : int
         Seed for initialisation, shuffling and dropout.
     """
@@ -68,6 +73,9 @@ class HeadOptions:
     regression: str = "evr"
     lam: float = 1.0
     mu: float = 1.0
+    variance_weight: float = 0.0
+    distribution_weight: float = 0.0
+    distribution_sigma: float = 2.0
     seed: int = 0
 
     def __post_init__(self):
@@ -75,6 +83,8 @@ class HeadOptions:
             raise ValueError(f"regression must be 'evr' or 'fc', got {self.regression!r}")
         if self.use_rapl and self.epochs < 2:
             raise ValueError(f"RAPL needs epochs >= 2 (epoch 1 has no references), got epochs={self.epochs}")
+        if (self.variance_weight or self.distribution_weight) and self.regression != "evr":
+            raise ValueError("variance_weight and distribution_weight shape the EVR age distribution: regression='evr'")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be positive, got {self.epochs} and {self.batch_size}")
 
@@ -176,7 +186,9 @@ def _train_epoch(model, optimizer, batches, data, saved, *, options: HeadOptions
     sums = {}
     for batch in batches:
         outputs = model(X[batch])
-        loss, parts = joint_loss(outputs, ages[batch], genders[batch], positions[batch], lam=options.lam, mu=options.mu)
+        loss, parts = joint_loss(outputs, ages[batch], genders[batch], positions[batch], lam=options.lam, mu=options.mu,
+                                 variance_weight=options.variance_weight, distribution_weight=options.distribution_weight,
+                                 distribution_sigma=options.distribution_sigma, age_grid=model.age_grid)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
