@@ -166,7 +166,23 @@ _training_options = [
     click.option("--device", default=None, help="torch device, e.g. cpu or cuda (default: cuda when available)."),
     click.option("--augment", "augment_with", default="none", show_default=True, type=click.Choice(["none", "mixup", "cae"]),
                  help="Synthesise tail-age (50+) training samples: plain interpolation, or in an autoencoder's latent space."),
+    click.option("--repeats", default=None, callback=lambda context, parameter, value: _parse_repeats(value),
+                 help="With several --store: how often each store's training faces are seen per epoch, e.g. 1,4."),
 ]
+
+
+def _check_repeats(repeats, stores) -> None:
+    if repeats is not None and (len(repeats) != len(stores) or min(repeats) < 1):
+        raise click.BadParameter(f"one count of 1 or more per --store ({len(stores)}), got {repeats}", param_hint="--repeats")
+
+
+def _parse_repeats(value):
+    if value is None:
+        return None
+    try:
+        return [int(n) for n in value.split(",")]
+    except ValueError as error:
+        raise click.BadParameter(f"comma-separated whole numbers, one per --store, got {value!r}") from error
 
 
 def training_options(function):
@@ -188,15 +204,17 @@ def training_options(function):
               help="Leave out training faces with a near-duplicate (identity cosine >= this) in val or test.")
 @click.option("--json", "as_json", is_flag=True, help="Print the model card's metrics as JSON.")
 @_fail_cleanly
-def train(store, out, descriptor, epochs, seed, no_rapl, no_gender, device, augment_with, val_fraction, refit,
+def train(store, out, descriptor, epochs, seed, no_rapl, no_gender, device, augment_with, repeats, val_fraction, refit,
           exclude_label_outliers, exclude_threshold, as_json):
     """Train the age and gender heads (EVR + gender + RAPL) on one store or several; needs the train extra."""
+    _check_repeats(repeats, store)
     options = _head_options(epochs, seed, no_rapl, no_gender)
     from agestimate.training.protocols import train as train_heads
 
     card = train_heads(list(store), out, descriptor=descriptor, options=options, device=device, progress=True,
                        command=" ".join(sys.argv), augment_with=augment_with, val_fraction=val_fraction, refit=refit,
-                       exclude_label_outliers=exclude_label_outliers, exclude_near_duplicates=exclude_threshold)
+                       exclude_label_outliers=exclude_label_outliers, exclude_near_duplicates=exclude_threshold,
+                       repeats=repeats)
     click.echo(f"model written to {out} ({card['descriptor']}, {card['training_seconds']} s)", err=True)
     by_source = card.get("metrics_by_source", {"": card["metrics"]})
     _print_metrics({"_".join(filter(None, [Path(source).name, split, key])): value for source, splits in by_source.items()
@@ -219,17 +237,18 @@ def train(store, out, descriptor, epochs, seed, no_rapl, no_gender, device, augm
               help="Also measure without the faces that have a near-duplicate (identity cosine >= this) in the train split.")
 @_fail_cleanly
 def evaluate(store, model, split, protocol, folds, descriptor, epochs, seed, no_rapl, no_gender, device, augment_with,
-             as_json, report, exclude_threshold):
+             repeats, as_json, report, exclude_threshold):
     """Measure a model on a store: MAE, CS@5, 1CoA, gender accuracy, MAE and bias per decade, per-group MAE."""
-    if protocol == "split" and (descriptor or epochs or no_rapl or no_gender or device or augment_with != "none"):
-        raise click.UsageError("--descriptor, --epochs, --no-rapl, --no-gender, --device and --augment apply to "
+    if protocol == "split" and (descriptor or epochs or no_rapl or no_gender or device or augment_with != "none" or repeats):
+        raise click.UsageError("--descriptor, --epochs, --no-rapl, --no-gender, --device, --augment and --repeats apply to "
                                "--protocol lopo and folds only")
     if protocol in ("lopo", "folds"):
+        _check_repeats(repeats, store)
         options = _head_options(epochs, seed, no_rapl, no_gender)
         from agestimate.training.protocols import person_folds
 
         result = person_folds(list(store), folds=None if protocol == "lopo" else folds, descriptor=descriptor,
-                              options=options, device=device, progress=True, augment_with=augment_with)
+                              options=options, device=device, progress=True, augment_with=augment_with, repeats=repeats)
     else:
         if model is None:
             raise click.UsageError("--model is required unless --protocol lopo or folds")

@@ -7,7 +7,8 @@ from agestimate.store import FaceRecords
 
 pytest.importorskip("torch")
 
-from agestimate.training.sources import LabelledSources, assign_splits, held_out_groups, label_quality_exclusions  # noqa: E402
+from agestimate.training.sources import (  # noqa: E402
+    LabelledSources, assign_splits, held_out_groups, label_quality_exclusions, repeat_index)
 
 
 def records(age, person, split, features=None, embedding=None):
@@ -72,3 +73,15 @@ def test_label_quality_exclusions_touch_training_faces_only():
     assert np.flatnonzero(excluded["label_outliers"]).tolist() == [11]
     assert np.flatnonzero(excluded["near_duplicates_of_val_test"]).tolist() == [0]
     assert label_quality_exclusions(sources, faces.split) == {}
+
+
+def test_repeat_index_repeats_the_training_faces_of_a_store():
+    sources = two_sources()
+    split = assign_splits(sources, val_fraction=0.34, seed=0)
+    train = split == "train"
+    index = repeat_index(sources, train, [1, 3])
+    assert (split[index] == "train").all()
+    assert (sources.source[index] == "a").sum() == 3 and (sources.source[index] == "b").sum() == 3 * 8
+    assert repeat_index(sources, train).tolist() == np.flatnonzero(train).tolist()
+    with pytest.raises(ValueError, match="one repeat count"):
+        repeat_index(sources, train, [1])

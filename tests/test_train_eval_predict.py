@@ -174,7 +174,7 @@ def people_store(trained, tmp_path_factory):
 def test_train_on_two_stores_refits_with_every_person(trained, people_store, tmp_path):
     store, _, _ = trained
     result = run("train", "--store", store, "--store", people_store, "--out", tmp_path / "m", "--epochs", "3", "--refit",
-                 "--val-fraction", "0.25", "--json")
+                 "--val-fraction", "0.25", "--repeats", "1,2", "--json")
     card = json.loads((tmp_path / "m" / "model.json").read_text())
     assert card["data"]["stores"] == [str(store), str(people_store)]
     assert card["data"]["faces_per_source"] == {str(store): {"train": 8, "val": 4, "test": 4}, str(people_store): {"train": 16}}
@@ -185,6 +185,9 @@ def test_train_on_two_stores_refits_with_every_person(trained, people_store, tmp
     assert set(card["metrics_by_source"]) == {str(store), str(people_store)}
     assert set(card["metrics_by_source"][str(people_store)]) == {"train"}
     assert "store_test_mae" in json.loads(result.stdout)
+    assert card["data"]["repeats_per_epoch"] == {str(store): 1, str(people_store): 2}
+    wrong = CliRunner().invoke(cli, ["train", "--store", str(store), "--out", str(tmp_path / "x"), "--repeats", "1,2"])
+    assert wrong.exit_code == 2 and "one count of 1 or more per --store" in wrong.output
 
 
 def test_person_folds_protocol_over_two_stores(trained, people_store):

@@ -16,7 +16,8 @@ from agestimate.store import EmbeddingStore, FaceRecords
 from .augment import augment
 from .export import save_model_dir
 from .fit import FittedHeads, HeadOptions, fit_heads
-from .sources import LabelledSources, assign_splits, held_out_groups, label_quality_exclusions, load_sources
+from .sources import (LabelledSources, assign_splits, held_out_groups, label_quality_exclusions, load_sources,
+                      repeat_index)
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def metrics_by_source(fitted: FittedHeads, sources: LabelledSources, split: np.n
 def train(store, out, *, descriptor: str | None = None, options: HeadOptions = HeadOptions(), device=None,
           progress: bool = False, command: str = "", augment_with: str = "none", val_fraction: float = 0.1,
           refit: bool = False, exclude_label_outliers: bool = False,
-          exclude_near_duplicates: float | None = None) -> dict:
+          exclude_near_duplicates: float | None = None, repeats=None) -> dict:
     """Train heads on the train part of one store or several (best epoch on the val part), save
     them to `out`, return the model card.
 
@@ -78,6 +79,8 @@ def train(store, out, *, descriptor: str | None = None, options: HeadOptions = H
     added to the training faces: every person of such a store is learnt from, the fixed val
     split stays held out. `exclude_label_outliers` and `exclude_near_duplicates` (a cosine
     threshold) leave training faces out (see `training.sources.label_quality_exclusions`).
+    `repeats` (one count per store) shows each training face of a store that many times per
+    epoch (`training.sources.repeat_index`).
 
     The model card records the data (stores, faces per split and per store, faces left out),
     the options, descriptor, embedding model and the metrics per split, and per store and
@@ -98,7 +101,8 @@ def train(store, out, *, descriptor: str | None = None, options: HeadOptions = H
             "or use `agestimate eval --protocol lopo`"
         )
     started = time.perf_counter()
-    fitted = fit_on(parts["train"], parts["val"], options, device, progress, augment_with)
+    fitted = fit_on(records.subset(repeat_index(sources, split == "train", repeats)), parts["val"], options, device,
+                    progress, augment_with)
     epoch_choice = None
     held_people = (sources.records.split == "") & (split == "val")
     if refit and held_people.any():
@@ -112,8 +116,8 @@ def train(store, out, *, descriptor: str | None = None, options: HeadOptions = H
         split[held_people] = "train"
         records = records.replace(split=split)
         parts = {name: records.subset(split == name) for name in SPLITS}
-        fitted = fit_on(parts["train"], None, dataclasses.replace(options, epochs=fitted.best_epoch), device, progress,
-                        augment_with)
+        fitted = fit_on(records.subset(repeat_index(sources, split == "train", repeats)), None,
+                        dataclasses.replace(options, epochs=fitted.best_epoch), device, progress, augment_with)
     seconds = time.perf_counter() - started
     card = {
         "data": {"stores": sources.stores, "faces_per_split": {name: len(part) for name, part in parts.items()},
@@ -133,12 +137,15 @@ def train(store, out, *, descriptor: str | None = None, options: HeadOptions = H
         card["epoch_choice"] = epoch_choice
     if exclude_near_duplicates is not None:
         card["data"]["near_duplicate_threshold"] = exclude_near_duplicates
+    if repeats is not None:
+        card["data"]["repeats_per_epoch"] = dict(zip(sources.stores, map(int, repeats)))
     save_model_dir(fitted, out, card=card)
     return card
 
 
 def person_folds(stores, *, folds: int | None = 5, descriptor: str | None = None, options: HeadOptions = HeadOptions(),
-                 device=None, val_fraction: float = 0.1, progress: bool = False, augment_with: str = "none") -> Evaluation:
+                 device=None, val_fraction: float = 0.1, progress: bool = False, augment_with: str = "none",
+                 repeats=None) -> Evaluation:
     """Person-grouped cross-validation: every face with a person label is predicted by heads
     that never saw that person; metrics over all those faces.
 
@@ -147,7 +154,7 @@ def person_folds(stores, *, folds: int | None = 5, descriptor: str | None = None
     the heads train on the other folds' people, except `val_fraction` of them held out to
     choose the epoch, and on the faces without a person of the train split or of no split
     (UTKFace's train split); the faces without a person of the val split join the validation
-    set, those of the test split are never used.
+    set, those of the test split are never used. `repeats`: as in `train`.
     """
     sources = load_sources(stores, descriptor)
     records, groups = sources.records, sources.groups
@@ -167,8 +174,9 @@ def person_folds(stores, *, folds: int | None = 5, descriptor: str | None = None
     for fold in tqdm_if(np.array_split(rng.permutation(people), n_folds), progress, "lopo" if folds is None else "folds"):
         held_out = np.isin(groups, fold)
         val_people = held_out_groups(groups, has_person & ~held_out, fraction=val_fraction, rng=rng)
-        fitted = fit_on(records.subset((has_person & ~held_out & ~val_people) | free),
-                        records.subset(val_people | fixed_val), options, device, augment_with=augment_with)
+        training = repeat_index(sources, (has_person & ~held_out & ~val_people) | free, repeats)
+        fitted = fit_on(records.subset(training), records.subset(val_people | fixed_val), options, device,
+                        augment_with=augment_with)
         result = predict_with(fitted, records.subset(held_out))
         predicted_age[held_out] = result.predicted_age
         predicted_gender[held_out] = result.predicted_gender

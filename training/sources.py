@@ -122,3 +122,17 @@ def label_quality_exclusions(sources: LabelledSources, split: np.ndarray, *, lab
         mask[second[train[second] & held[first]]] = True
         excluded["near_duplicates_of_val_test"] = mask
     return excluded
+
+
+def repeat_index(sources: LabelledSources, mask: np.ndarray, repeats=None) -> np.ndarray:
+    """Indices of the faces in `mask`, each face of the i-th store `repeats[i]` times (None: once):
+    a small set (FG-NET beside UTKFace) then weighs as much per epoch as that many copies."""
+    if repeats is None:
+        return np.flatnonzero(mask)
+    repeats = [int(n) for n in repeats]
+    if len(repeats) != len(sources.stores) or min(repeats) < 1:
+        raise ValueError(f"give one repeat count of 1 or more per store ({len(sources.stores)}), got {repeats}")
+    times = np.zeros(len(mask), np.int64)
+    for store, n in zip(sources.stores, repeats):
+        times[sources.source == store] = n
+    return np.repeat(np.arange(len(mask)), np.where(mask, times, 0))
