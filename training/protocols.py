@@ -11,7 +11,7 @@ import numpy as np
 
 from agestimate.errors import StoreError
 from agestimate.evaluation import Evaluation, labelled_faces, measure, select_split
-from agestimate.store import EmbeddingStore, FaceRecords
+from agestimate.store import FaceRecords
 
 from .augment import augment
 from .export import save_model_dir
