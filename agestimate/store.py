@@ -107,6 +107,15 @@ class FaceRecords:
     def subset(self, mask) -> FaceRecords:
         return FaceRecords(**{name: value[mask] for name, value in vars(self).items()})
 
+    def replace(self, **columns) -> FaceRecords:
+        """The same faces with some columns replaced (e.g. ``split``)."""
+        return FaceRecords(**{**vars(self), **columns})
+
+    @staticmethod
+    def concatenate(parts: list[FaceRecords]) -> FaceRecords:
+        """The faces of several record sets, one after another."""
+        return FaceRecords(**{name: np.concatenate([vars(part)[name] for part in parts]) for name in vars(parts[0])})
+
 
 def _open_database(database: Path) -> sqlite3.Connection:
     """A connection in WAL mode with the schema in place. Switching a new database to WAL takes

@@ -44,7 +44,7 @@ def _goal(value: float, goal: float, what: str, higher_is_better=True) -> str:
 
 
 def compare(entry: dict) -> list[str]:
-    lines = [f"### End-to-end folder scoring, side by side", "", f"Run: {_stamp(entry)}.", ""]
+    lines = ["### End-to-end folder scoring, side by side", "", f"Run: {_stamp(entry)}.", ""]
     for data, result in entry["result"].items():
         speeds = result["speed"]
         ours = speeds[OURS]
@@ -154,7 +154,7 @@ def small_parts(results: dict) -> list[str]:
                   "|---|---|---|"]
         lines += [f"| {name} | {r['input_dim']} | {r['vectors_per_s_median']:,} ({r['min']:,}-{r['max']:,}) |"
                   for name, r in e["result"].items()]
-        lines += ["", f"- 512-d embeddings, batch of 100k: "
+        lines += ["", "- 512-d embeddings, batch of 100k: "
                   + _goal(e["result"]["embedding"]["vectors_per_s_median"], 200_000, "200,000/s"), ""]
     if "store" in results:
         e, r = results["store"], results["store"]["result"]
