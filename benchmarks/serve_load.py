@@ -54,8 +54,10 @@ def running_server(*options: str, log_path: Path | None = None, timeout: float =
     """`agestimate serve` on 127.0.0.1 in a subprocess; yields (base URL, process). Stops it after."""
     port = free_port()
     log = open(log_path, "w+") if log_path else tempfile.TemporaryFile("w+")
-    process = subprocess.Popen([sys.executable, "-m", "agestimate", "serve", "--host", "127.0.0.1", "--port", str(port),
-                                *options], stdout=log, stderr=subprocess.STDOUT)
+    # the installed command, not `python -m agestimate`: from a checkout, -m would import the source folder
+    command = str(Path(sys.executable).with_name("agestimate"))
+    process = subprocess.Popen([command, "serve", "--host", "127.0.0.1", "--port", str(port), *options],
+                               stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
