@@ -100,6 +100,77 @@ def _file_sha256(path: Path) -> str:
         return hashlib.file_digest(stream, "sha256").hexdigest()
 
 
+class StoreRecorder:
+    """Records what became of each file of an `embed` run: the store's file record, its label,
+    the summary's counts and the progress bar. Shared by the local and the Ray engine."""
+
+    def __init__(self, db: EmbeddingStore, summary: EmbedSummary, *, read_label=None, labels=None, total: int,
+                 show_progress: bool = False):
+        self.db, self.summary, self.read_label, self.labels = db, summary, read_label, labels
+        self.progress = tqdm(total=total, disable=not show_progress, unit="img", desc="embed", dynamic_ncols=True)
+
+    def new_file(self, path: Path) -> os.stat_result | None:
+        """The file's stat if it still needs work; None if it was processed before (same path, size
+        and modification time) or cannot be read (recorded as an error)."""
+        try:
+            stat = path.stat()
+        except OSError as error:
+            self.fail(path, None, None, "unreadable", f"cannot read file ({error.strerror or error})")
+            return None
+        status = self.db.file_status(path, stat.st_size, stat.st_mtime_ns)
+        if status is None:
+            return stat
+        self.summary.already_failed += status == "error"
+        self.summary.already_stored += status != "error"
+        self.progress.update()
+        return None
+
+    def settle(self, path: Path, stat, sha256: str, status: str) -> None:
+        self.db.add_file(path, stat.st_size, stat.st_mtime_ns, sha256, status)
+        if self.read_label is not None:
+            try:
+                if not self.db.set_label(sha256, self.read_label(path), source=str(self.labels)):
+                    self.summary.label_conflicts += 1
+            except LabelError as error:
+                self.summary.label_problems.append((str(path), str(error)))
+        self.progress.update()
+
+    def fail(self, path: Path, stat, sha256: str | None, kind: str, reason: str) -> None:
+        self.db.add_file(path, stat and stat.st_size, stat and stat.st_mtime_ns, sha256, "error", kind=kind, reason=reason)
+        self.summary.errors_by_kind[kind] += 1
+        self.summary.errors.append((str(path), reason))
+        self.progress.update()
+
+    def image(self, encoded, sha256: str, files: list[tuple[Path, os.stat_result]]) -> None:
+        """Store one encoded image (unless its content is stored already) and settle the files that hold it."""
+        if encoded.error is not None:
+            for path, stat in files:
+                self.fail(path, stat, sha256, encoded.error.kind, encoded.error.reason)
+            return
+        stored_faces = self.db.image_faces(sha256)
+        if stored_faces is None:
+            self.db.add_image(sha256, encoded.width, encoded.height, encoded.faces, encoded.embeddings, encoded.features)
+            self.summary.faces += len(encoded.faces)
+            self.summary.faces_by_method.update(face.method for face in encoded.faces)
+            self.summary.embedded += bool(encoded.faces)
+            self.summary.no_face += not encoded.faces
+            stored_faces, files_before = len(encoded.faces), 1
+        else:  # a copy encoded in the same run (the Ray engine hashes on the workers)
+            files_before = 0
+        self.summary.already_stored += len(files) - files_before
+        for path, stat in files:
+            self.settle(path, stat, sha256, "embedded" if stored_faces else "no_face")
+
+    def close(self) -> None:
+        self.progress.close()
+
+    def __enter__(self) -> StoreRecorder:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
 def embed(
     sources: Iterable[str | Path],
     *,
@@ -116,6 +187,7 @@ def embed(
     providers=None,
     threads: int | None = None,
     show_progress: bool = False,
+    index: str | None = None,
 ) -> EmbedSummary:
     """Detect, align and embed every face in `sources` into the store at `store`.
 
@@ -132,53 +204,35 @@ def embed(
     descriptor : features stored beside each embedding (see `agestimate.descriptors`).
     backend, precision, providers, threads : what runs the models (see `FaceEncoder`); the
         summary's `runtime` says what did.
+    index : the store's search index: "auto", "flat" or "ivf" (see `agestimate.search_index`;
+        None: keep the store's choice, "auto" for a new store).
     """
     started = time.perf_counter()
     summary = EmbedSummary()
     read_label = label_reader(labels) if labels is not None else None
     paths = list(find_images(sources, summary.ignored))
     summary.files = len(paths)
-    with EmbeddingStore(store, model_sha256=REGISTRY["recognizer"].sha256, descriptor=descriptor, create=True) as db, tqdm(
-        total=len(paths), disable=not show_progress, unit="img", desc="embed", dynamic_ncols=True
-    ) as progress:
+    with EmbeddingStore(store, model_sha256=REGISTRY["recognizer"].sha256, descriptor=descriptor, create=True,
+                        index=index) as db, StoreRecorder(db, summary, read_label=read_label, labels=labels, total=len(paths),
+                                                          show_progress=show_progress) as record:
         in_flight: dict[str, tuple[str, os.stat_result]] = {}  # path -> (sha256, stat) at the encoder
         copies: dict[str, list] = {}  # sha256 at the encoder -> [(path, stat)] of other files with that content
-
-        def settle(path: Path, stat, sha256: str, status: str) -> None:
-            db.add_file(path, stat.st_size, stat.st_mtime_ns, sha256, status)
-            if read_label is not None:
-                try:
-                    if not db.set_label(sha256, read_label(path), source=str(labels)):
-                        summary.label_conflicts += 1
-                except LabelError as error:
-                    summary.label_problems.append((str(path), str(error)))
-            progress.update()
-
-        def fail(path: Path, stat, sha256: str | None, kind: str, reason: str) -> None:
-            db.add_file(path, stat and stat.st_size, stat and stat.st_mtime_ns, sha256, "error", kind=kind, reason=reason)
-            summary.errors_by_kind[kind] += 1
-            summary.errors.append((str(path), reason))
-            progress.update()
 
         def to_encode() -> Iterator[Path]:
             """Paths whose content is new; the others are settled here, in order."""
             for path in paths:
+                stat = record.new_file(path)
+                if stat is None:
+                    continue
                 try:
-                    stat = path.stat()
-                    status = db.file_status(path, stat.st_size, stat.st_mtime_ns)
-                    if status is not None:
-                        summary.already_failed += status == "error"
-                        summary.already_stored += status != "error"
-                        progress.update()
-                        continue
                     sha256 = _file_sha256(path)
                 except OSError as error:
-                    fail(path, None, None, "unreadable", f"cannot read file ({error.strerror or error})")
+                    record.fail(path, None, None, "unreadable", f"cannot read file ({error.strerror or error})")
                     continue
                 stored_faces = db.image_faces(sha256)
                 if stored_faces is not None:
                     summary.already_stored += 1
-                    settle(path, stat, sha256, "embedded" if stored_faces else "no_face")
+                    record.settle(path, stat, sha256, "embedded" if stored_faces else "no_face")
                 elif sha256 in copies:
                     copies[sha256].append((path, stat))
                 else:
@@ -196,20 +250,6 @@ def embed(
         encoded_images = [] if encoder is None else encoder.encode_batch(itertools.chain([first], new_paths), batch_size=batch_size)
         for encoded in encoded_images:
             sha256, stat = in_flight.pop(encoded.source)
-            done = [(Path(encoded.source), stat)] + copies.pop(sha256)
-            if encoded.error is not None:
-                for path, path_stat in done:
-                    fail(path, path_stat, sha256, encoded.error.kind, encoded.error.reason)
-                continue
-            db.add_image(sha256, encoded.width, encoded.height, encoded.faces, encoded.embeddings, encoded.features)
-            summary.faces += len(encoded.faces)
-            summary.faces_by_method.update(face.method for face in encoded.faces)
-            if encoded.faces:
-                summary.embedded += 1
-            else:
-                summary.no_face += 1
-            summary.already_stored += len(done) - 1
-            for path, path_stat in done:
-                settle(path, path_stat, sha256, "embedded" if encoded.faces else "no_face")
+            record.image(encoded, sha256, [(Path(encoded.source), stat)] + copies.pop(sha256))
     summary.seconds = time.perf_counter() - started
     return summary

@@ -1,7 +1,8 @@
 """Data hygiene of a store: distributions, duplicates, train/test leakage and label outliers.
 
 Near-duplicates are pairs of faces whose identity embeddings have a cosine similarity of at
-least a threshold, found with a FAISS range search (no O(n^2) loop in Python). Label outliers
+least a threshold, found with a FAISS range search (no O(n^2) loop in Python; an IVF index for
+large sets, see `agestimate.search_index`). Label outliers
 are faces whose age label is far from the median label of their nearest neighbours in the
 descriptor space (the features the age heads read).
 """
@@ -13,12 +14,12 @@ from collections import Counter
 from pathlib import Path
 
 import cv2
-import faiss
 import numpy as np
 
 from .descriptors import normalise
 from .errors import AgestimateError
 from .images import load_image
+from .search_index import build_index
 from .store import EmbeddingStore, FaceRecords
 
 DEFAULT_THRESHOLD = 0.9  # UTKFace: 501 pairs at 0.9, median age gap 2 years (same person, same shoot)
@@ -27,8 +28,7 @@ DEFAULT_THRESHOLD = 0.9  # UTKFace: 501 pairs at 0.9, median age gap 2 years (sa
 def near_duplicate_pairs(vectors: np.ndarray, *, threshold: float = DEFAULT_THRESHOLD) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs (i, j), i < j, of rows of L2-normalised `vectors` with cosine >= threshold: (i, j, cosine)."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    index = faiss.IndexFlatIP(vectors.shape[1])
-    index.add(vectors)
+    index = build_index(vectors)  # exact, or IVF for large sets (see agestimate.search_index)
     limits, similarities, neighbours = index.range_search(vectors, threshold)
     rows = np.repeat(np.arange(len(vectors)), np.diff(limits).astype(np.int64))
     keep = neighbours > rows
@@ -49,8 +49,7 @@ def label_outliers(records: FaceRecords, *, neighbours: int = 10, min_gap: float
     """Faces whose age label differs by at least `min_gap` years from the median label of their
     `neighbours` nearest faces (descriptor features, cosine): (indices sorted by gap, neighbour medians)."""
     features = normalise(records.features.astype(np.float32))
-    index = faiss.IndexFlatIP(features.shape[1])
-    index.add(features)
+    index = build_index(features)
     _, nearest = index.search(features, neighbours + 1)
     medians = np.median(records.age[nearest[:, 1:]], axis=1)
     gaps = np.abs(records.age - medians)

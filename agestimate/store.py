@@ -26,6 +26,7 @@ from .errors import StoreError
 from .descriptors import EMBEDDING_DIM, Descriptor
 from .faces import FaceDetection
 from .labels import FaceLabel
+from .search_index import build_index, check_kind, describe, needs_rebuild
 
 logger = logging.getLogger(__name__)
 
@@ -91,10 +92,12 @@ class EmbeddingStore:
     model_sha256 : SHA-256 of the embedding model; required to create, checked when opening.
     descriptor : name of the descriptor of the stored features; required to create, checked when opening.
     create : create the store if it does not exist.
+    index : the search index, "auto", "flat" or "ivf" (see `agestimate.search_index`); kept in the
+        store and applied when the index is next written. None: the store's choice ("auto" if new).
     """
 
     def __init__(self, path: str | Path, *, model_sha256: str | None = None, descriptor: str | None = None,
-                 create: bool = False):
+                 create: bool = False, index: str | None = None):
         self.path = Path(path)
         database = self.path / DATABASE
         if not database.is_file():
@@ -132,11 +135,15 @@ class EmbeddingStore:
         self.descriptor = meta["descriptor"]
         self.dim = int(meta["dim"])
         self.feature_dim = int(meta["feature_dim"])
+        self.index_kind = check_kind(index or meta.get("index", "auto"))
+        if self.index_kind != meta.get("index", "auto"):
+            with self._db:
+                self._db.execute("INSERT OR REPLACE INTO meta VALUES ('index', ?)", (self.index_kind,))
         self.index = self._load_index()
 
     # -- the FAISS index -------------------------------------------------------------------
-    def _new_index(self) -> faiss.IndexIDMap2:
-        return faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
+    def _new_index(self, ids: np.ndarray, vectors: np.ndarray) -> faiss.IndexIDMap2:
+        return build_index(vectors, ids, self.index_kind, dim=self.dim)
 
     def _load_index(self) -> faiss.IndexIDMap2:
         """Read `index.faiss` if it agrees with the record (same ids, same vectors), else rebuild it."""
@@ -154,6 +161,10 @@ class EmbeddingStore:
                     problem = f"holds {len(stored_ids)} faces, the record {len(ids)}"
                 elif len(ids) and not np.array_equal(index.index.reconstruct_n(0, len(ids)), vectors):
                     problem = "vectors differ from the record"
+                elif needs_rebuild(index, self.index_kind):
+                    logger.info("%s: index is %s, the store asks for %s at %d faces; rebuilding it", index_file,
+                                describe(index), self.index_kind, len(ids))
+                    self._index_changed = True
                 else:
                     return index
             except RuntimeError as error:
@@ -161,13 +172,13 @@ class EmbeddingStore:
         if problem:
             logger.warning("%s: index %s; rebuilding it from the record (%d faces)", index_file, problem, len(ids))
             self._index_changed = True
-        index = self._new_index()
-        if len(ids):
-            index.add_with_ids(vectors, ids)
-        return index
+        return self._new_index(ids, vectors)
 
     def save_index(self) -> None:
-        """Write the index atomically: a crash leaves the old file or the new one, never half."""
+        """Write the index atomically: a crash leaves the old file or the new one, never half.
+        An index that has outgrown its kind (see `search_index.needs_rebuild`) is rebuilt first."""
+        if needs_rebuild(self.index, self.index_kind):
+            self.index = self._new_index(*self._all_embeddings())
         temporary = self.path / (INDEX + ".tmp")
         faiss.write_index(self.index, str(temporary))
         with open(temporary, "rb") as stream:
@@ -327,6 +338,7 @@ class EmbeddingStore:
             "images_with_faces": one("SELECT COUNT(*) FROM images WHERE n_faces > 0"),
             "faces": one("SELECT COUNT(*) FROM faces"),
             "index_faces": int(self.index.ntotal),
+            "index": f"{describe(self.index)}, setting {self.index_kind}",
             "files": dict(self._db.execute("SELECT status, COUNT(*) FROM files GROUP BY status")),
             "errors_by_kind": dict(self._db.execute("SELECT kind, COUNT(*) FROM files WHERE status = 'error' GROUP BY kind")),
             "faces_by_method": dict(self._db.execute("SELECT method, COUNT(*) FROM faces GROUP BY method")),

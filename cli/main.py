@@ -14,6 +14,7 @@ import click
 from agestimate.descriptors import DEFAULT_DESCRIPTOR, Descriptor
 from agestimate.errors import AgestimateError, ImageLoadError
 from agestimate.runtimes import BACKENDS, PRECISIONS
+from agestimate.search_index import INDEX_KINDS
 
 
 def _fail_cleanly(function):
@@ -44,6 +45,25 @@ def runtime_options(function):
                         help="Runtime of the face models (default: onnxruntime when it offers CUDA, else openvino).")(function)
 
 
+def engine_options(function):
+    """--engine, --ray-address and --actors: where the work runs (see `agestimate.distributed`)."""
+    function = click.option("--actors", type=int, default=None,
+                            help="Ray: actors, each holding one loaded model (default: one per GPU, else 90% of the CPUs).")(function)
+    function = click.option("--ray-address", default=None,
+                            help="Ray: the cluster to join, e.g. auto or ray://head:10001 (default: RAY_ADDRESS, else a "
+                                 "local Ray on this machine).")(function)
+    return click.option("--engine", default="local", show_default=True, type=click.Choice(["local", "ray"]),
+                        help="local: this process; ray: a pool of Ray actors (needs the ray extra).")(function)
+
+
+def _engine_arguments(engine, ray_address, actors) -> dict:
+    if engine == "ray":
+        return {"ray_address": ray_address, "actors": actors}
+    if ray_address or actors:
+        raise click.UsageError("--ray-address and --actors apply to --engine ray")
+    return {}
+
+
 @click.group()
 @click.option("-v", "--verbose", count=True, help="More log messages on stderr (-vv for debug).")
 def cli(verbose: int) -> None:
@@ -69,17 +89,25 @@ def cli(verbose: int) -> None:
                    "optionally +flip.")
 @click.option("--threads", type=int, default=None, help="Inference threads per model (default: the runtime's choice).")
 @runtime_options
+@click.option("--index", default=None, type=click.Choice(INDEX_KINDS),
+              help="Search index of the store: flat (exact), ivf (approximate) or auto (ivf from 200,000 faces); "
+                   "kept by the store (default: its current choice, auto for a new store).")
+@engine_options
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @_fail_cleanly
 def embed(sources, store, labels, batch_size, crops, max_faces, det_size, det_thresh, descriptor, threads, backend,
-          precision, as_json):
+          precision, index, engine, ray_address, actors, as_json):
     """Embed every face in SOURCES (files and folders) into the store; resumable."""
-    from agestimate.embedding import embed as embed_sources
+    engine_arguments = _engine_arguments(engine, ray_address, actors)
+    if engine == "ray":
+        from agestimate.distributed import embed as embed_sources
+    else:
+        from agestimate.embedding import embed as embed_sources
 
     summary = embed_sources(
         sources, store=store, labels=labels, batch_size=batch_size, crops=crops, max_faces=max_faces,
         det_size=det_size, det_thresh=det_thresh, descriptor=descriptor, threads=threads, backend=backend,
-        precision=precision, show_progress=True,
+        precision=precision, show_progress=True, index=index, **engine_arguments,
     )
     if as_json:
         click.echo(json.dumps(summary.as_dict(), indent=2))
@@ -272,10 +300,6 @@ def ablation(store, descriptor, seeds, epochs, device, as_json):
                    f"{cell('mae_60plus')} | {row['seconds']:.0f} |")
 
 
-PREDICTION_COLUMNS = ["file", "frame", "face", "x1", "y1", "x2", "y2", "age", "age_spread", "age_group", "gender",
-                      "gender_probability", "confidence", "detection_score", "detection_method", "error"]
-
-
 def _expand_sources(sources, recursive: bool) -> list[Path]:
     """Files as given, folders (recursively with --recursive), and glob patterns, in order."""
     from agestimate.embedding import IMAGE_SUFFIXES
@@ -295,24 +319,12 @@ def _expand_sources(sources, recursive: bool) -> list[Path]:
     return paths
 
 
-def _prediction_rows(result):
-    if not result.ok:
-        yield {"file": result.source, "error": result.error}
-    elif not result.faces:
-        yield {"file": result.source, "error": "no face"}
-    for index, face in enumerate(result.faces):
-        values = face.to_dict()
-        x1, y1, x2, y2 = values.pop("box")
-        values.pop("landmarks")
-        yield {"file": result.source, "face": index, "x1": round(x1, 1), "y1": round(y1, 1), "x2": round(x2, 1),
-               "y2": round(y2, 1), **{k: round(v, 4) if isinstance(v, float) else v for k, v in values.items()}}
-
-
 @cli.command()
 @click.argument("sources", nargs=-1)
 @click.option("--model", default=None, type=click.Path(file_okay=False),
               help="Model folder, or a shipped model: default (one recogniser pass), flip (two, mirrored), embedding.")
-@click.option("--out", default=None, type=click.Path(dir_okay=False), help="FILE.csv or FILE.jsonl (default: CSV on stdout).")
+@click.option("--out", default=None, type=click.Path(), help="FILE.csv, FILE.jsonl or FOLDER.parquet (default: CSV on stdout); "
+              "an existing one is resumed: its images are skipped.")
 @click.option("--annotate", default=None, type=click.Path(file_okay=False), help="Write annotated images into this folder.")
 @click.option("--recursive", is_flag=True, help="Walk folders recursively (and ** in globs).")
 @click.option("--max-faces", type=int, default=None, help="At most N faces per image, largest first.")
@@ -323,54 +335,50 @@ def _prediction_rows(result):
 @click.option("--every", default=1, show_default=True, help="Videos: analyse every N-th frame, carry faces over between.")
 @click.option("--max-frames", type=int, default=None, help="Videos: stop after N frames.")
 @runtime_options
+@engine_options
 @_fail_cleanly
 def predict(sources, model, out, annotate, recursive, max_faces, crops, batch_size, threads, webcam, every, max_frames,
-            backend, precision):
+            backend, precision, engine, ray_address, actors):
     """Age and gender of every face in SOURCES (files, folders, globs, videos): one row per face,
     and one row with the reason for each image with no face or an error. Videos (.mp4, .avi, ...)
     and --webcam give one row per face per frame, and an annotated .avi with --annotate."""
-    import csv
     import time
     from collections import Counter
 
     from agestimate.estimator import Estimator
+    from agestimate.predictions import PredictionWriter, check_output, prediction_rows
 
     from agestimate.video import VIDEO_SUFFIXES
 
     if not sources and webcam is None:
         raise click.UsageError("give SOURCES or --webcam")
+    try:
+        check_output(out)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--out") from error
+    _engine_arguments(engine, ray_address, actors)  # refuses Ray options without --engine ray
+    if engine == "ray":
+        return _predict_on_ray(sources, recursive, webcam, annotate, out, model, batch_size, ray_address, actors, threads,
+                               max_faces, crops, backend, precision)
     paths = _expand_sources(sources, recursive)
     videos = [p for p in paths if p.suffix.lower() in VIDEO_SUFFIXES] + ([webcam] if webcam is not None else [])
     paths = [p for p in paths if p.suffix.lower() not in VIDEO_SUFFIXES]
     estimator = Estimator(model, max_faces=max_faces, crops=crops, threads=threads, backend=backend, precision=precision)
-    if out is not None and not out.endswith((".csv", ".jsonl")):
-        raise click.BadParameter("must end in .csv or .jsonl", param_hint="--out")
-    stream = open(out, "w", newline="") if out else sys.stdout
-    writer = csv.DictWriter(stream, PREDICTION_COLUMNS) if not (out or "").endswith(".jsonl") else None
-    if writer:
-        writer.writeheader()
     counts, started = Counter(), time.perf_counter()
-
-    def emit(row: dict) -> None:
-        if writer:
-            writer.writerow(row)
-        else:
-            stream.write(json.dumps(row) + "\n")
-
-    try:
+    with PredictionWriter(out) as writer:
+        if writer.scored:
+            paths, videos = ([p for p in group if str(p) not in writer.scored] for group in (paths, videos))
+            click.echo(f"{out}: {len(writer.scored)} images already scored, skipped (delete it to score them again)", err=True)
+        emit = lambda row: writer.write([row])  # noqa: E731
         for result in estimator.predict_batch(paths, batch_size=batch_size, show_progress=True):
             counts["images"] += 1
             counts["faces"] += len(result.faces)
             counts["no face" if result.ok and not result.faces else result.error_kind or "ok"] += 1
-            for row in _prediction_rows(result):
-                emit(row)
+            writer.write(prediction_rows(result))
             if annotate and result.faces:
                 _write_annotated(result, Path(annotate))
         for video in videos:
             _predict_video(video, estimator, emit, annotate, every, max_frames, counts)
-    finally:
-        if out:
-            stream.close()
     seconds = time.perf_counter() - started
     errors = {kind: n for kind, n in counts.items() if kind not in ("images", "faces", "ok", "no face", "frames")}
     click.echo(f"{counts['images']} images, {counts['faces']} faces, {counts['no face']} without a face, "
@@ -378,10 +386,33 @@ def predict(sources, model, out, annotate, recursive, max_faces, crops, batch_si
                f"({estimator.encoder.runtime.backend} {estimator.encoder.runtime.precision})", err=True)
 
 
+def _predict_on_ray(sources, recursive, webcam, annotate, out, model, batch_size, ray_address, actors, threads, max_faces,
+                    crops, backend, precision) -> None:
+    from agestimate.distributed import predict as predict_on_ray, read_path_list
+    from agestimate.video import VIDEO_SUFFIXES
+
+    if webcam is not None or annotate:
+        raise click.UsageError("--engine ray scores image files; --webcam and --annotate run with --engine local")
+    paths = []
+    for source in sources:
+        paths += read_path_list(source) if source.endswith(".parquet") else _expand_sources([source], recursive)
+    videos = [p for p in paths if Path(p).suffix.lower() in VIDEO_SUFFIXES]
+    if videos:
+        raise click.UsageError(f"--engine ray scores images, and {videos[0]} is a video: score videos with --engine local")
+    summary = predict_on_ray(paths, out=out, model=model, batch_size=batch_size, ray_address=ray_address, actors=actors,
+                             threads=threads, max_faces=max_faces, crops=crops, backend=backend, precision=precision)
+    if summary["skipped"]:
+        click.echo(f"{out}: {summary['skipped']} images already scored, skipped (delete it to score them again)", err=True)
+    click.echo(f"{summary['images']} images, {summary['faces']} faces, {summary['no_face']} without a face, "
+               f"{summary['errors']} errors; {summary['images'] / max(summary['seconds'], 1e-9):.1f} images/s "
+               f"(ray, {summary['actors']} actors)", err=True)
+
+
 def _predict_video(video, estimator, emit, annotate, every, max_frames, counts) -> None:
     import time
 
     from agestimate.estimator import ImageResult
+    from agestimate.predictions import prediction_rows
     from agestimate.video import predict_video
 
     name = f"webcam {video}" if isinstance(video, int) else str(video)
@@ -394,7 +425,7 @@ def _predict_video(video, estimator, emit, annotate, every, max_frames, counts) 
         for frame in predict_video(video, estimator, every=every, annotate_to=target, max_frames=max_frames):
             frames += 1
             for index, face in enumerate(frame.faces):
-                row = next(_prediction_rows(ImageResult(name, [face])))
+                row = next(prediction_rows(ImageResult(name, [face])))
                 emit({**row, "frame": frame.frame, "face": index})
     except ImageLoadError as error:  # one unreadable video does not stop the batch
         emit({"file": name, "error": error.reason})
