@@ -8,8 +8,10 @@ local path; nothing below them knows it runs on Ray.
 
 Resources: each actor asks Ray for `cpus_per_actor` CPUs (default 1) and runs its models with as
 many threads; where the cluster has GPUs, each actor asks for one and runs ONNX Runtime with
-CUDA. The number of actors defaults to all the cluster's GPUs, else to 90% of its CPUs (at
-least one): Ray Data's read tasks need the rest, and a pool holding every CPU starves them.
+CUDA. The number of actors defaults to one per GPU, else to one per CPU. `predict` and `embed`
+hand the actors paths held in memory, so they take every CPU; `score_dataset` and
+`embed_dataset` take any dataset, and by default leave one CPU to its read tasks (a pool
+holding every CPU starves the reads of a `ray.data.read_*` dataset, and the job hangs).
 
 Paths must be readable where the actors run (a local folder on one machine, shared storage on a
 cluster); a custom model folder is read by the driver and shipped to the actors.
@@ -66,11 +68,13 @@ def ray_session(address: str | None = None) -> Iterator[None]:
         ray.shutdown()
 
 
-def actor_resources(actors: int | None = None, cpus_per_actor: float = 1.0, gpus_per_actor: float | None = None) -> dict:
+def actor_resources(actors: int | None = None, cpus_per_actor: float = 1.0, gpus_per_actor: float | None = None, *,
+                    spare_cpus: float = 0) -> dict:
     """How many actors, and what each asks Ray for, on the cluster this process is connected to.
 
     gpus_per_actor None: one GPU per actor where the cluster has GPUs, else none. actors None:
-    one per GPU (`gpus_per_actor` of them), else 90% of the CPUs over `cpus_per_actor`, at least one.
+    one per GPU (`gpus_per_actor` each), else as many as the CPUs hold once `spare_cpus` are set
+    aside, at least one.
     """
     if actors is not None and actors < 1:
         raise ValueError(f"actors must be at least 1, got {actors}")
@@ -79,7 +83,7 @@ def actor_resources(actors: int | None = None, cpus_per_actor: float = 1.0, gpus
     if gpus_per_actor is None:
         gpus_per_actor = 1 if gpus else 0
     if actors is None:
-        actors = int(gpus // gpus_per_actor) if gpus_per_actor else int(0.9 * resources.get("CPU", 1) // cpus_per_actor)
+        actors = int(gpus // gpus_per_actor) if gpus_per_actor else int((resources.get("CPU", 1) - spare_cpus) // cpus_per_actor)
     return {"actors": max(1, actors), "num_cpus": cpus_per_actor, "num_gpus": gpus_per_actor}
 
 
@@ -189,7 +193,8 @@ def score_dataset(dataset, *, model=None, batch_size: int = 32, actors: int | No
         a `path` column then names them).
     model : model folder or shipped model name (default: "default").
     batch_size : images per actor call, and faces per recogniser call.
-    actors, cpus_per_actor, gpus_per_actor : the actor pool (see `actor_resources`).
+    actors, cpus_per_actor, gpus_per_actor : the actor pool (see `actor_resources`; by default one
+        actor per GPU, else per CPU but one, which is left to the dataset's read tasks).
     threads : inference threads per actor (default: `cpus_per_actor`, rounded).
     max_faces, crops, backend, precision : as for `Estimator`.
 
@@ -199,7 +204,7 @@ def score_dataset(dataset, *, model=None, batch_size: int = 32, actors: int | No
     the reason for each image without a face or with an error; rows of one image are contiguous,
     images in no particular order.
     """
-    resources = actor_resources(actors, cpus_per_actor, gpus_per_actor)
+    resources = actor_resources(actors, cpus_per_actor, gpus_per_actor, spare_cpus=1)
     constructor = dict(_model_arguments(model), batch_size=batch_size, max_faces=max_faces, crops=crops,
                        backend=backend, precision=precision, threads=_threads(threads, cpus_per_actor))
     return dataset.map_batches(ImageScorer, fn_constructor_kwargs=constructor, **_map_options(resources, batch_size))
@@ -222,8 +227,9 @@ def predict(paths: Iterable[str | Path], *, out: str | Path | None = None, model
     started = time.perf_counter()
     counts, resources = Counter(), {"actors": 0}
     with PredictionWriter(out) as writer:
-        todo = [path for path in dict.fromkeys(str(p) for p in paths) if path not in writer.scored]
-        counts["skipped"] = len(writer.scored)
+        unique = list(dict.fromkeys(str(p) for p in paths))
+        todo = [path for path in unique if path not in writer.scored]
+        counts["skipped"] = len(unique) - len(todo)
         if todo:
             with ray_session(ray_address):
                 resources = actor_resources(actors, cpus_per_actor, gpus_per_actor)
@@ -327,7 +333,7 @@ def embed_dataset(dataset, *, batch_size: int = 64, actors: int | None = None, c
                   gpus_per_actor: float | None = None, threads: int | None = None, **encoder_options):
     """Faces, embeddings and features of every image of a dataset with a `path` column, one row
     per image (see `ImageEmbedder`), as a lazy Ray Data dataset. `encoder_options` go to `FaceEncoder`."""
-    resources = actor_resources(actors, cpus_per_actor, gpus_per_actor)
+    resources = actor_resources(actors, cpus_per_actor, gpus_per_actor, spare_cpus=1)
     constructor = dict(encoder_options, batch_size=batch_size, threads=_threads(threads, cpus_per_actor))
     return dataset.map_batches(ImageEmbedder, fn_constructor_kwargs=constructor, **_map_options(resources, batch_size))
 

@@ -19,7 +19,7 @@ import numpy as np
 from .descriptors import normalise
 from .errors import AgestimateError
 from .images import load_image
-from .search_index import build_index
+from .search_index import build_index, tune_for_range
 from .store import EmbeddingStore, FaceRecords
 
 DEFAULT_THRESHOLD = 0.9  # UTKFace: 501 pairs at 0.9, median age gap 2 years (same person, same shoot)
@@ -29,6 +29,7 @@ def near_duplicate_pairs(vectors: np.ndarray, *, threshold: float = DEFAULT_THRE
     """Pairs (i, j), i < j, of rows of L2-normalised `vectors` with cosine >= threshold: (i, j, cosine)."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     index = build_index(vectors)  # exact, or IVF for large sets (see agestimate.search_index)
+    tune_for_range(index, vectors, threshold)
     limits, similarities, neighbours = index.range_search(vectors, threshold)
     rows = np.repeat(np.arange(len(vectors)), np.diff(limits).astype(np.int64))
     keep = neighbours > rows

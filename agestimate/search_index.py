@@ -3,9 +3,12 @@
 - "flat": `IndexFlatIP`, exact; each query compares against every vector.
 - "ivf": `IndexIVFFlat`, approximate: k-means cells (about 4 sqrt(n), trained on a sample of
   at most 256 vectors per cell) and a query searches only the `nprobe` cells nearest to it.
-  `nprobe` is calibrated when the index is built: the smallest power of two whose recall@10
-  against exact search reaches `TARGET_RECALL` on sample vectors used as queries, each left
-  out of its own results.
+  `nprobe` is calibrated when the index is built: the smallest whose recall@10 against exact
+  search reaches `TARGET_RECALL` on sample vectors used as queries, each left out of its own
+  results. How much that scans depends on the data: on UTKFace, where most faces have no
+  other photo of the same person, the ten nearest faces are nearly random and about 40% of
+  the cells are searched. Range searches for near-duplicates need far fewer cells and get
+  their own nprobe (`tune_for_range`): on UTKFace 2 cells find 99.4% of the pairs >= 0.9.
   Vectors are kept uncompressed, so they can be reconstructed exactly (the store checks its
   index against its record that way).
 - "auto": flat below `IVF_MIN_VECTORS` vectors, IVF from there on.
@@ -26,8 +29,10 @@ logger = logging.getLogger(__name__)
 INDEX_KINDS = ("auto", "flat", "ivf")
 IVF_MIN_VECTORS = 200_000  # "auto" switches to IVF here: flat search of 200k x 512 takes ~10 ms a query on one core
 IVF_MIN_TRAIN = 1_000  # fewer vectors than this cannot train useful cells: the index stays flat
-TARGET_RECALL = 0.97  # recall@10 that nprobe must reach on the calibration queries
+TARGET_RECALL = 0.96  # recall@10 that nprobe must reach on the calibration queries (held-out ones: ~0.95)
+RANGE_TARGET_RECALL = 0.99  # share of the pairs a range search must find: near-duplicates are few and each matters
 CALIBRATION_QUERIES = 256
+RANGE_CALIBRATION_QUERIES = 5_000  # near-duplicates are rare: enough queries to meet some hundreds of pairs
 POINTS_PER_CELL = 256  # at most this many training vectors per cell (FAISS's own k-means sampling limit)
 
 
@@ -112,7 +117,7 @@ def _trained_ivf(vectors: np.ndarray, seed: int) -> faiss.IndexIVFFlat:
 
 
 def _calibrated_nprobe(index: faiss.IndexIDMap2, vectors: np.ndarray, seed: int, k: int = 10) -> int:
-    """The smallest power of two `nprobe` reaching `TARGET_RECALL` on sample vectors as queries,
+    """The smallest `nprobe` reaching `TARGET_RECALL` on sample vectors as queries,
     each one left out of its own results (as a query from outside the index would be)."""
     ivf = faiss.downcast_index(index.index)
     ids = faiss.vector_to_array(index.id_map)
@@ -120,15 +125,61 @@ def _calibrated_nprobe(index: faiss.IndexIDMap2, vectors: np.ndarray, seed: int,
     queries = vectors[rows]
     _, exact = faiss.knn(queries, vectors, k + 1, metric=faiss.METRIC_INNER_PRODUCT)
     exact = _without_self(ids[exact], ids[rows], k)
-    nprobe = 1
-    while True:
+
+    def recall(nprobe: int) -> float:
         ivf.nprobe = nprobe
-        recall = recall_at_k(exact, _without_self(index.search(queries, k + 1)[1], ids[rows], k))
-        if recall >= TARGET_RECALL or nprobe >= ivf.nlist:
-            logger.info("IVF index of %d vectors: %d cells, nprobe %d, calibration recall@%d %.3f",
-                        len(vectors), ivf.nlist, nprobe, k, recall)
-            return nprobe
-        nprobe = min(2 * nprobe, ivf.nlist)
+        return recall_at_k(exact, _without_self(index.search(queries, k + 1)[1], ids[rows], k))
+
+    nprobe = _smallest_nprobe(recall, ivf.nlist, TARGET_RECALL)
+    logger.info("IVF index of %d vectors: %d cells, nprobe %d, calibration recall@%d %.3f", len(vectors), ivf.nlist,
+                nprobe, k, recall(nprobe))
+    return nprobe
+
+
+def _smallest_nprobe(recall, nlist: int, target: float) -> int:
+    """The smallest nprobe in 1..nlist with recall(nprobe) >= target (recall grows with nprobe)."""
+    low, high = 0, 1  # recall(low) falls short (0: nothing searched)
+    while high < nlist and recall(high) < target:
+        low, high = high, min(2 * high, nlist)
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if recall(middle) >= target else (middle, high)
+    return high
+
+
+def tune_for_range(index: faiss.IndexIDMap2, vectors: np.ndarray, threshold: float, *, seed: int = 0) -> None:
+    """Set an IVF index's nprobe for range searches at `threshold` over `vectors` (those it holds):
+    twice the smallest that finds `RANGE_TARGET_RECALL` of the pairs exact search finds for sample
+    queries. Pairs this close share a cell or a neighbouring one, so far fewer cells are needed
+    than for the ten nearest neighbours. A flat index is left as it is."""
+    if index_kind(index) != "ivf":
+        return
+    ivf = faiss.downcast_index(index.index)
+    rows = np.random.default_rng(seed + 2).choice(len(vectors), size=min(len(vectors), RANGE_CALIBRATION_QUERIES),
+                                                  replace=False)
+    queries = vectors[rows]
+    exact = faiss.IndexFlatIP(vectors.shape[1])
+    exact.add(vectors)
+    wanted = _pairs(exact.range_search(queries, threshold), faiss.vector_to_array(index.id_map))
+    if not wanted:
+        return  # nothing to calibrate on: keep the nprobe of nearest-neighbour search
+
+    def recall(nprobe: int) -> float:
+        ivf.nprobe = nprobe
+        return len(wanted & _pairs(index.range_search(queries, threshold))) / len(wanted)
+
+    # twice the smallest that suffices on the sample: its few pairs make the estimate noisy
+    ivf.nprobe = min(2 * _smallest_nprobe(recall, ivf.nlist, RANGE_TARGET_RECALL), ivf.nlist)
+    logger.info("IVF range search at %.2f: nprobe %d of %d cells (%d pairs in the calibration sample)", threshold,
+                ivf.nprobe, ivf.nlist, len(wanted))
+
+
+def _pairs(result, ids=None) -> set:
+    """(query row, id) pairs of a FAISS range search result (`ids`: map positions to ids)."""
+    limits, _, found = result
+    found = found if ids is None else ids[found]
+    rows = np.repeat(np.arange(len(limits) - 1), np.diff(limits.astype(np.int64)))
+    return set(zip(rows.tolist(), found.tolist()))
 
 
 def _without_self(found: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:

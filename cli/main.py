@@ -48,7 +48,7 @@ def runtime_options(function):
 def engine_options(function):
     """--engine, --ray-address and --actors: where the work runs (see `agestimate.distributed`)."""
     function = click.option("--actors", type=int, default=None,
-                            help="Ray: actors, each holding one loaded model (default: one per GPU, else 90% of the CPUs).")(function)
+                            help="Ray: actors, each holding one loaded model (default: one per GPU, else one per CPU).")(function)
     function = click.option("--ray-address", default=None,
                             help="Ray: the cluster to join, e.g. auto or ray://head:10001 (default: RAY_ADDRESS, else a "
                                  "local Ray on this machine).")(function)
