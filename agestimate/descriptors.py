@@ -10,13 +10,16 @@ Preprocessing is insightface's `ArcFaceONNX.get_feat`: (pixel - 127.5) / 127.5, 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import onnx
 
 from .models import weight_path
 from .runtimes import open_session
+
+if TYPE_CHECKING:
+    import onnx
 
 EMBEDDING_OUTPUT = "516"  # BatchNorm after the final Gemm: the 512-d ArcFace embedding
 EMBEDDING_DIM = 512
@@ -82,6 +85,8 @@ def tapped_recognizer(model: onnx.ModelProto, blocks: list[str]) -> onnx.ModelPr
     Each block's output is named after the block and has shape (n, c, 1, 1) (global average)
     or (n, c, 2, 2) (2x2 grid); "emb" is the existing output "516".
     """
+    import onnx  # deferred: a second and a half at import, needed only when a model is built
+
     tapped = onnx.ModelProto()
     tapped.CopyFrom(model)
     produced = {output for node in tapped.graph.node for output in node.output}
@@ -117,6 +122,8 @@ class DescriptorModel:
     def __init__(self, descriptor: Descriptor | str = DEFAULT_DESCRIPTOR, *, backend=None, providers=None, threads=None,
                  precision="auto", directory=None):
         self.descriptor = Descriptor.parse(descriptor) if isinstance(descriptor, str) else descriptor
+        import onnx
+
         model = onnx.load(str(weight_path("recognizer", directory=directory)))
         self.outputs = [EMBEDDING_OUTPUT, *(block for block in self.descriptor.blocks if block != "emb")]
         self.session = open_session(tapped_recognizer(model, list(self.descriptor.blocks)).SerializeToString(),

@@ -20,6 +20,7 @@ cluster); a custom model folder is read by the driver and shipped to the actors.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .calibration import DEFAULT_LEVEL
 from .descriptors import DEFAULT_DESCRIPTOR
 from .errors import AgestimateError, ImageLoadError
 from .images import describe_source
@@ -141,14 +143,15 @@ class ImageScorer:
     model_files : {file name: bytes} of a model folder, written to a temporary folder and loaded
         (how a model trained on the driver's machine reaches the actors).
     batch_size : faces per recogniser call.
+    interval : level of the age intervals (columns age_low, age_high).
     options : the other `Estimator` options (backend, precision, threads, max_faces, crops, ...).
     """
 
     def __init__(self, model: str | None = None, model_files: dict[str, bytes] | None = None, *, batch_size: int = 32,
-                 **options):
+                 interval: float = DEFAULT_LEVEL, **options):
         from .estimator import Estimator
 
-        self.batch_size = batch_size
+        self.batch_size, self.interval = batch_size, interval
         if model_files:
             with tempfile.TemporaryDirectory(prefix="agestimate-model-") as folder:
                 for name, data in model_files.items():
@@ -158,13 +161,13 @@ class ImageScorer:
             self.estimator = Estimator(model, **options)
 
     def __call__(self, batch: dict):
-        from .estimator import ImageResult
-        from .predictions import prediction_rows, rows_to_table
+        from .predictions import rows_to_table
 
         sources, names = _sources(batch)
         rows = []
-        for name, result in zip(names, self.estimator.predict_batch(sources, batch_size=self.batch_size)):
-            rows += prediction_rows(ImageResult(name, result.faces, result.error, result.error_kind))
+        results = self.estimator.predict_batch(sources, batch_size=self.batch_size, interval=self.interval)
+        for name, result in zip(names, results):
+            rows += dataclasses.replace(result, source=name).summary()
         return rows_to_table(rows)
 
 
@@ -183,7 +186,8 @@ def _model_arguments(model) -> dict:
 
 def score_dataset(dataset, *, model=None, batch_size: int = 32, actors: int | None = None, cpus_per_actor: float = 1.0,
                   gpus_per_actor: float | None = None, threads: int | None = None, max_faces: int | None = None,
-                  crops: bool = False, backend: str | None = None, precision: str = "auto"):
+                  crops: bool = False, interval: float = DEFAULT_LEVEL, backend: str | None = None,
+                  precision: str = "auto"):
     """Prediction rows of every image of a Ray Data dataset, as a lazy Ray Data dataset.
 
     Parameters
@@ -197,6 +201,7 @@ def score_dataset(dataset, *, model=None, batch_size: int = 32, actors: int | No
         actor per GPU, else per CPU but one, which is left to the dataset's read tasks).
     threads : inference threads per actor (default: `cpus_per_actor`, rounded).
     max_faces, crops, backend, precision : as for `Estimator`.
+    interval : level of the age intervals (columns age_low, age_high).
 
     Returns
     -------
@@ -205,17 +210,19 @@ def score_dataset(dataset, *, model=None, batch_size: int = 32, actors: int | No
     images in no particular order.
     """
     resources = actor_resources(actors, cpus_per_actor, gpus_per_actor, spare_cpus=1)
-    constructor = dict(_model_arguments(model), batch_size=batch_size, max_faces=max_faces, crops=crops,
-                       backend=backend, precision=precision, threads=_threads(threads, cpus_per_actor))
+    constructor = dict(_model_arguments(model), batch_size=batch_size, interval=interval, max_faces=max_faces,
+                       crops=crops, backend=backend, precision=precision, threads=_threads(threads, cpus_per_actor))
     return dataset.map_batches(ImageScorer, fn_constructor_kwargs=constructor, **_map_options(resources, batch_size))
 
 
 def predict(paths: Iterable[str | Path], *, out: str | Path | None = None, model=None, batch_size: int = 32,
             ray_address: str | None = None, actors: int | None = None, cpus_per_actor: float = 1.0,
             gpus_per_actor: float | None = None, threads: int | None = None, max_faces: int | None = None,
-            crops: bool = False, backend: str | None = None, precision: str = "auto") -> dict:
+            crops: bool = False, interval: float = DEFAULT_LEVEL, backend: str | None = None,
+            precision: str = "auto") -> dict:
     """Score image files on Ray and write the rows to `out` (CSV, JSON Lines or Parquet; None: CSV
     on stdout), the rows and files of the local `agestimate predict`, in no particular order.
+    `paths` may hold Parquet files (suffix .parquet): lists of image paths (see `read_path_list`).
 
     Resumable: the files already in an existing `out` are skipped (see `agestimate.predictions`).
     Each file is scored once even when Ray retries the work of a failed actor.
@@ -227,7 +234,8 @@ def predict(paths: Iterable[str | Path], *, out: str | Path | None = None, model
     started = time.perf_counter()
     counts, resources = Counter(), {"actors": 0}
     with PredictionWriter(out) as writer:
-        unique = list(dict.fromkeys(str(p) for p in paths))
+        unique = list(dict.fromkeys(path for source in paths for path in
+                                    (read_path_list(source) if str(source).endswith(".parquet") else [str(source)])))
         todo = [path for path in unique if path not in writer.scored]
         counts["skipped"] = len(unique) - len(todo)
         if todo:
@@ -236,7 +244,8 @@ def predict(paths: Iterable[str | Path], *, out: str | Path | None = None, model
                 rows = score_dataset(paths_dataset(todo, batch_size=batch_size), model=model, batch_size=batch_size,
                                      actors=resources["actors"], cpus_per_actor=cpus_per_actor,
                                      gpus_per_actor=resources["num_gpus"],
-                                     threads=threads, max_faces=max_faces, crops=crops, backend=backend, precision=precision)
+                                     threads=threads, max_faces=max_faces, crops=crops, interval=interval, backend=backend,
+                                     precision=precision)
                 done: set[str] = set()
                 for table in rows.iter_batches(batch_size=None, batch_format="pyarrow"):
                     new = [row for row in table_rows(table) if row["file"] not in done]
@@ -352,15 +361,17 @@ def embed(sources: Iterable[str | Path], *, store: str | Path, labels: str | Pat
     not sent again; an image stored before its file was recorded is not stored twice), labels
     applied. Copies of one image within a run are encoded on the workers and stored once.
     """
-    from .embedding import EmbedSummary, StoreRecorder, find_images
+    from .embedding import EmbedSummary, StoreRecorder
     from .labels import label_reader
     from .models import REGISTRY
+    from .sources import expand_sources
     from .store import EmbeddingStore
 
     started = time.perf_counter()
     summary = EmbedSummary()
     read_label = label_reader(labels) if labels is not None else None
-    paths = list(find_images(sources, summary.ignored))
+    found = expand_sources(sources, recursive=True)
+    paths, summary.ignored, summary.unmatched = found.images, found.ignored + found.videos, found.unmatched
     summary.files = len(paths)
     with EmbeddingStore(store, model_sha256=REGISTRY["recognizer"].sha256, descriptor=descriptor, create=True,
                         index=index) as db, StoreRecorder(db, summary, read_label=read_label, labels=labels, total=len(paths),

@@ -2,33 +2,33 @@
 
 from __future__ import annotations
 
-import hashlib
-import itertools
 import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
-from .errors import LabelError
 from .descriptors import DEFAULT_DESCRIPTOR
+from .errors import LabelError
 from .faces import FaceEncoder
-from .labels import label_reader
-from .models import REGISTRY
+from .labels import FaceLabel, label_reader
+from .models import REGISTRY, file_sha256
+from .sources import expand_sources
 from .store import EmbeddingStore
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
-
 
 @dataclass
 class EmbedSummary:
-    """What one `embed` run did. `errors` and `label_problems` list (path, reason)."""
+    """What one `embed` run did. `errors`, `label_problems` and `label_conflicts` list (path,
+    reason); `labelled` counts the files whose label was read and applied to their content,
+    stored before or now; `ignored` lists folder entries that are not images (videos too),
+    `unmatched` the glob patterns that matched nothing."""
 
     files: int = 0
     embedded: int = 0
@@ -40,8 +40,10 @@ class EmbedSummary:
     errors_by_kind: Counter = field(default_factory=Counter)
     errors: list = field(default_factory=list)
     label_problems: list = field(default_factory=list)
-    label_conflicts: int = 0
+    label_conflicts: list = field(default_factory=list)
+    labelled: int = 0
     ignored: list = field(default_factory=list)
+    unmatched: list = field(default_factory=list)
     seconds: float = 0.0
     runtime: dict | None = None  # what ran the models (None: nothing new, no model loaded)
 
@@ -64,9 +66,11 @@ class EmbedSummary:
             "errors_by_kind": dict(self.errors_by_kind),
             "faces": self.faces,
             "faces_by_method": dict(self.faces_by_method),
+            "labelled": self.labelled,
             "label_problems": len(self.label_problems),
-            "label_conflicts": self.label_conflicts,
+            "label_conflicts": len(self.label_conflicts),
             "ignored_not_images": len(self.ignored),
+            "unmatched_patterns": len(self.unmatched),
             "seconds": round(self.seconds, 2),
             "images_per_second": round(self.images_per_second, 2),
             "faces_per_second": round(self.faces_per_second, 2),
@@ -74,65 +78,62 @@ class EmbedSummary:
         }
 
 
-def find_images(sources: Iterable[str | Path], ignored: list | None = None) -> Iterator[Path]:
-    """Image files named by `sources`: files as given, folders walked recursively in sorted order.
-
-    Folder entries without an image suffix are not yielded but appended to `ignored`.
-    Symbolic links to folders are not followed (no loops).
-    """
-    for source in sources:
-        source = Path(source)
-        if not source.is_dir():
-            yield source
-            continue
-        for root, folders, names in os.walk(source):
-            folders.sort()
-            for name in sorted(names):
-                path = Path(root) / name
-                if path.suffix.lower() in IMAGE_SUFFIXES:
-                    yield path
-                elif ignored is not None:
-                    ignored.append(path)
-
-
-def _file_sha256(path: Path) -> str:
-    with open(path, "rb") as stream:
-        return hashlib.file_digest(stream, "sha256").hexdigest()
+def _describe(label: FaceLabel) -> str:
+    values = {"age": label.age, "gender": label.gender, "race": label.race, "person": label.person, "split": label.split}
+    return ", ".join(f"{name} {value:g}" if isinstance(value, float) else f"{name} {value}"
+                     for name, value in values.items() if value is not None) or "no values"
 
 
 class StoreRecorder:
-    """Records what became of each file of an `embed` run: the store's file record, its label,
-    the summary's counts and the progress bar. Shared by the local and the Ray engine."""
+    """What became of each file of an `embed` run, recorded in the store (file row, label), in
+    the summary and on the progress bar. Shared by the local engine and the Ray engine
+    (`agestimate.distributed.embed`), so both keep the same record."""
 
     def __init__(self, db: EmbeddingStore, summary: EmbedSummary, *, read_label=None, labels=None, total: int,
                  show_progress: bool = False):
         self.db, self.summary, self.read_label, self.labels = db, summary, read_label, labels
         self.progress = tqdm(total=total, disable=not show_progress, unit="img", desc="embed", dynamic_ncols=True)
 
+    def label_of(self, path: Path) -> FaceLabel | None:
+        if self.read_label is None:
+            return None
+        try:
+            label = self.read_label(path)
+        except LabelError as error:
+            self.summary.label_problems.append((str(path), str(error)))
+            return None
+        self.summary.labelled += 1
+        return label
+
+    def conflict(self, path: Path, label: FaceLabel, replaced: FaceLabel | None) -> None:
+        if replaced is not None:
+            self.summary.label_conflicts.append(
+                (str(path), f"{path}: label ({_describe(label)}) replaces ({_describe(replaced)}) of the same content"))
+
     def new_file(self, path: Path) -> os.stat_result | None:
-        """The file's stat if it still needs work; None if it was processed before (same path, size
-        and modification time) or cannot be read (recorded as an error)."""
+        """The file's stat if it needs work; None if it was processed before with the same size and
+        modification time (its label applied to what was stored), or cannot be read (recorded)."""
         try:
             stat = path.stat()
         except OSError as error:
             self.fail(path, None, None, "unreadable", f"cannot read file ({error.strerror or error})")
             return None
-        status = self.db.file_status(path, stat.st_size, stat.st_mtime_ns)
-        if status is None:
+        seen = self.db.file_status(path, stat.st_size, stat.st_mtime_ns)
+        if seen is None:
             return stat
+        status, sha256 = seen
         self.summary.already_failed += status == "error"
         self.summary.already_stored += status != "error"
+        label = self.label_of(path) if status != "error" else None
+        if label is not None:  # labels given now apply to what was stored before
+            self.conflict(path, label, self.db.set_label(sha256, label, source=str(self.labels)))
         self.progress.update()
         return None
 
     def settle(self, path: Path, stat, sha256: str, status: str) -> None:
-        self.db.add_file(path, stat.st_size, stat.st_mtime_ns, sha256, status)
-        if self.read_label is not None:
-            try:
-                if not self.db.set_label(sha256, self.read_label(path), source=str(self.labels)):
-                    self.summary.label_conflicts += 1
-            except LabelError as error:
-                self.summary.label_problems.append((str(path), str(error)))
+        label = self.label_of(path)
+        self.conflict(path, label, self.db.add_file(path, stat.st_size, stat.st_mtime_ns, sha256, status, label=label,
+                                                    label_source=str(self.labels)))
         self.progress.update()
 
     def fail(self, path: Path, stat, sha256: str | None, kind: str, reason: str) -> None:
@@ -142,24 +143,25 @@ class StoreRecorder:
         self.progress.update()
 
     def image(self, encoded, sha256: str, files: list[tuple[Path, os.stat_result]]) -> None:
-        """Store one encoded image (unless its content is stored already) and settle the files that hold it."""
+        """Store one encoded image and settle the files that hold its content; an image stored
+        already (by another process, or a copy encoded earlier in this run) is not stored twice."""
+        summary = self.summary
         if encoded.error is not None:
             for path, stat in files:
                 self.fail(path, stat, sha256, encoded.error.kind, encoded.error.reason)
             return
-        stored_faces = self.db.image_faces(sha256)
-        if stored_faces is None:
-            self.db.add_image(sha256, encoded.width, encoded.height, encoded.faces, encoded.embeddings, encoded.features)
-            self.summary.faces += len(encoded.faces)
-            self.summary.faces_by_method.update(face.method for face in encoded.faces)
-            self.summary.embedded += bool(encoded.faces)
-            self.summary.no_face += not encoded.faces
-            stored_faces, files_before = len(encoded.faces), 1
-        else:  # a copy encoded in the same run (the Ray engine hashes on the workers)
-            files_before = 0
-        self.summary.already_stored += len(files) - files_before
+        if not self.db.add_image(sha256, encoded.width, encoded.height, encoded.faces, encoded.embeddings, encoded.features):
+            summary.already_stored += len(files)
+        else:
+            summary.faces += len(encoded.faces)
+            summary.faces_by_method.update(face.method for face in encoded.faces)
+            if encoded.faces:
+                summary.embedded += 1
+            else:
+                summary.no_face += 1
+            summary.already_stored += len(files) - 1
         for path, stat in files:
-            self.settle(path, stat, sha256, "embedded" if stored_faces else "no_face")
+            self.settle(path, stat, sha256, "embedded" if encoded.faces else "no_face")
 
     def close(self) -> None:
         self.progress.close()
@@ -193,11 +195,15 @@ def embed(
 
     Resumable: files already processed (same path, size and modification time) and images
     already stored (same content) are not embedded again. Files that cannot be read are
-    recorded with their reason and the run goes on.
+    recorded with their reason and the run goes on. Labels are applied to every file read,
+    whether its content is new or was stored before; a label that differs from the one its
+    content had replaces it and is listed in `label_conflicts`. A file whose content changed
+    points at its new content from now on (see `agestimate.store`).
 
     Parameters
     ----------
-    sources : image files and folders (walked recursively).
+    sources : image files, folders (walked recursively) and glob patterns (see
+        `agestimate.sources.expand_sources`); videos in folders are not embedded.
     store : store folder, created if needed.
     labels : "utkface" or "fgnet" (labels from file names), or a CSV with a `path` column.
     crops : inputs are tight face crops (see `FaceEncoder`).
@@ -210,7 +216,8 @@ def embed(
     started = time.perf_counter()
     summary = EmbedSummary()
     read_label = label_reader(labels) if labels is not None else None
-    paths = list(find_images(sources, summary.ignored))
+    found = expand_sources(sources, recursive=True)
+    paths, summary.ignored, summary.unmatched = found.images, found.ignored + found.videos, found.unmatched
     summary.files = len(paths)
     with EmbeddingStore(store, model_sha256=REGISTRY["recognizer"].sha256, descriptor=descriptor, create=True,
                         index=index) as db, StoreRecorder(db, summary, read_label=read_label, labels=labels, total=len(paths),
@@ -218,14 +225,16 @@ def embed(
         in_flight: dict[str, tuple[str, os.stat_result]] = {}  # path -> (sha256, stat) at the encoder
         copies: dict[str, list] = {}  # sha256 at the encoder -> [(path, stat)] of other files with that content
 
-        def to_encode() -> Iterator[Path]:
-            """Paths whose content is new; the others are settled here, in order."""
+        def to_encode() -> list[Path]:
+            """Paths whose content is new; the others are settled here, in order (in this thread:
+            the encoder reads its sources in a thread of its own)."""
+            new = []
             for path in paths:
                 stat = record.new_file(path)
                 if stat is None:
                     continue
                 try:
-                    sha256 = _file_sha256(path)
+                    sha256 = file_sha256(path)
                 except OSError as error:
                     record.fail(path, None, None, "unreadable", f"cannot read file ({error.strerror or error})")
                     continue
@@ -238,16 +247,16 @@ def embed(
                 else:
                     copies[sha256] = []
                     in_flight[str(path)] = (sha256, stat)
-                    yield path
+                    new.append(path)
+            return new
 
         new_paths = to_encode()
-        first = next(new_paths, None)  # with nothing new, the models are not even loaded
-        encoder = None if first is None else FaceEncoder(
+        encoder = None if not new_paths else FaceEncoder(  # with nothing new, the models are not even loaded
             det_size=det_size, det_thresh=det_thresh, max_faces=max_faces, crops=crops, backend=backend,
             precision=precision, providers=providers, threads=threads, descriptor=descriptor,
         )
         summary.runtime = encoder.runtime.as_dict() if encoder else None
-        encoded_images = [] if encoder is None else encoder.encode_batch(itertools.chain([first], new_paths), batch_size=batch_size)
+        encoded_images = [] if encoder is None else encoder.encode_batch(new_paths, batch_size=batch_size)
         for encoded in encoded_images:
             sha256, stat = in_flight.pop(encoded.source)
             record.image(encoded, sha256, [(Path(encoded.source), stat)] + copies.pop(sha256))

@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .descriptors import DEFAULT_DESCRIPTOR
+from .calibration import DEFAULT_LEVEL, check_level
 from .faces import EncodedImage, FaceEncoder
 from .heads import AgeGenderHeads, HeadOutputs
 from .images import DEFAULT_MAX_PIXELS
+from .labels import GENDER_NAMES, UNKNOWN_GENDER
 from .metrics import age_group, age_group_labels
 
 WEIGHTS = Path(__file__).parent / "weights"
@@ -21,7 +22,6 @@ DEFAULT_MODEL = WEIGHTS / "default"  # features of DEFAULT_DESCRIPTOR, one recog
 FLIP_MODEL = WEIGHTS / "flip"  # the same features averaged with the mirrored crop: two passes
 EMBEDDING_MODEL = WEIGHTS / "embedding"  # plain 512-d ArcFace embeddings
 SHIPPED_MODELS = {"default": DEFAULT_MODEL, "flip": FLIP_MODEL, "embedding": EMBEDDING_MODEL}
-GENDERS = ("male", "female")
 AGE_GROUPS = age_group_labels("adience8")
 
 
@@ -31,9 +31,13 @@ class Face:
 
     box : (x1, y1, x2, y2) in image pixels. landmarks : five (x, y) points (eyes, nose, mouth).
     age : expected age in years (EVR). age_spread : standard deviation of the predicted age
-    distribution. age_group : Adience-8 group of `age`. gender : "male" or "female", with
-    gender_probability its probability. confidence : agreement of the EVR age and the RAPL
-    position in [0, 1] (probability mass of positions within 3 years of `age`).
+    distribution. age_interval : (low, high), the conformal interval of the true age at the
+    level asked for (default 0.8; NaN for an uncalibrated model; see `agestimate.calibration`).
+    age_group : Adience-8 group of `age`. gender : "male" or "female", with gender_probability
+    its calibrated probability; both None for a model without a gender head. confidence :
+    agreement of the EVR age and the RAPL position in [0, 1] (probability mass of positions
+    within 3 years of `age`). track : in videos, the number of the track the face belongs to
+    (see `agestimate.tracking`), else None.
     """
 
     box: tuple[float, float, float, float]
@@ -42,15 +46,20 @@ class Face:
     detection_method: str
     age: float
     age_spread: float
+    age_interval: tuple[float, float]
     age_group: str
-    gender: str
-    gender_probability: float
+    gender: str | None
+    gender_probability: float | None
     confidence: float
+    track: int | None = None
     embedding: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
         result = {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "embedding"}
         result["box"], result["landmarks"] = list(self.box), [list(point) for point in self.landmarks]
+        # JSON has no NaN or infinity: an end the model cannot give (no calibration, or too few
+        # calibration faces for the level) is None
+        result["age_interval"] = [end if np.isfinite(end) else None for end in self.age_interval]
         if self.embedding is not None:
             result["embedding"] = self.embedding.tolist()
         return result
@@ -58,16 +67,55 @@ class Face:
 
 @dataclass(frozen=True)
 class ImageResult:
-    """The faces of one image of a batch, or why the image could not be read."""
+    """The faces of one image, or of one video frame, or why it could not be read.
+
+    source : the image's path (or a short description of an in-memory source), or the video's.
+    error, error_kind : why the source could not be read (see `ImageLoadError`), else None.
+    frame : index of the frame in a video, None for an image.
+    analysed : False for a video frame whose faces were carried over from an earlier frame.
+    image : the decoded RGB image, kept only when asked for (``return_image=True``), for `plot`.
+    """
 
     source: str
     faces: list[Face]
     error: str | None = None
     error_kind: str | None = None
+    frame: int | None = None
+    analysed: bool = True
+    image: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    def summary(self) -> list[dict]:
+        """One row per face (file, frame, face index, box x1..y2 in pixels to 0.1, the `Face`
+        fields without landmarks and embedding, the age interval as age_low and age_high, floats
+        to 4 decimals), or a single row whose
+        ``error`` says why there is no face: the reason the source could not be read, or "no face"."""
+        head = {"file": self.source, "frame": self.frame}
+        if not self.ok:
+            return [{**head, "error": self.error}]
+        if not self.faces:
+            return [{**head, "error": "no face"}]
+        rows = []
+        for index, face in enumerate(self.faces):
+            values = face.to_dict()
+            x1, y1, x2, y2 = values.pop("box")
+            values.pop("landmarks")
+            values.pop("embedding", None)
+            values["age_low"], values["age_high"] = values.pop("age_interval")
+            rows.append({**head, "face": index, "x1": round(x1, 1), "y1": round(y1, 1), "x2": round(x2, 1),
+                         "y2": round(y2, 1), **{k: round(v, 4) if isinstance(v, float) else v for k, v in values.items()}})
+        return rows
+
+    def plot(self) -> np.ndarray:
+        """A copy of the image (RGB) with each face's box and "age (interval), gender" drawn on it."""
+        from .drawing import draw_faces
+
+        if self.image is None:
+            raise ValueError(f"{self.source}: the result holds no image; predict with return_image=True to plot it")
+        return draw_faces(self.image, self.faces)
 
 
 def model_folder(model=None) -> Path:
@@ -92,25 +140,25 @@ class Estimator:
         self.heads = AgeGenderHeads.load(model_folder(model), providers=providers)
         self.encoder = FaceEncoder(det_size=det_size, det_thresh=det_thresh, max_faces=max_faces, crops=crops,
                                    backend=backend, precision=precision, providers=providers, threads=threads,
-                                   descriptor=self.heads.card.get("descriptor", DEFAULT_DESCRIPTOR))
+                                   descriptor=self.heads.require_descriptor())
 
     @classmethod
     def load(cls, path, **options) -> Estimator:
         """An estimator over the model folder `path` (see the class parameters for `options`)."""
         return cls(path, **options)
 
-    def predict_embeddings(self, X) -> HeadOutputs:
+    def predict_embeddings(self, X, *, interval: float = DEFAULT_LEVEL) -> HeadOutputs:
         """Head outputs for feature vectors of the model's descriptor (`heads.card["descriptor"]`),
-        shape (n, d). For plain ArcFace embeddings use ``Estimator.load(EMBEDDING_MODEL)`` or
-        `agestimate.predict_embeddings`."""
-        return self.heads.predict(X)
+        shape (n, d), with age intervals at level `interval`. For plain ArcFace embeddings use
+        ``Estimator.load(EMBEDDING_MODEL)`` or `agestimate.predict_embeddings`."""
+        return self.heads.predict(X, interval=interval)
 
-    def _faces(self, encoded: EncodedImage, return_embedding: bool) -> list[Face]:
-        outputs = self.heads.predict(encoded.features)
+    def _faces(self, encoded: EncodedImage, return_embedding: bool, interval: float = DEFAULT_LEVEL) -> list[Face]:
+        outputs = self.heads.predict(encoded.features, interval=interval)
         groups = age_group(outputs.age, "adience8")
         faces = []
         for i, detection in enumerate(encoded.faces):
-            female = float(outputs.gender_prob_female[i])
+            female, code = float(outputs.gender_prob_female[i]), int(outputs.gender[i])
             faces.append(Face(
                 box=tuple(float(v) for v in detection.box),
                 landmarks=tuple((float(x), float(y)) for x, y in detection.landmarks),
@@ -118,35 +166,48 @@ class Estimator:
                 detection_method=detection.method,
                 age=float(outputs.age[i]),
                 age_spread=float(outputs.age_spread[i]),
+                age_interval=(float(outputs.age_low[i]), float(outputs.age_high[i])),
                 age_group=AGE_GROUPS[groups[i]],
-                gender=GENDERS[int(female > 0.5)],
-                gender_probability=max(female, 1 - female),
+                gender=None if code == UNKNOWN_GENDER else GENDER_NAMES[code],
+                gender_probability=None if code == UNKNOWN_GENDER else (female if code == 1 else 1 - female),
                 confidence=float(outputs.confidence[i]),
                 embedding=encoded.embeddings[i].copy() if return_embedding else None,
             ))
         return faces
 
-    def predict(self, image, *, return_embedding: bool = False, max_pixels=DEFAULT_MAX_PIXELS) -> list[Face]:
-        """Every face in one image (any source `load_image` takes), largest first.
+    def predict(self, image, *, return_embedding: bool = False, max_pixels=DEFAULT_MAX_PIXELS,
+                interval: float = DEFAULT_LEVEL) -> list[Face]:
+        """Every face in one image (any source `load_image` takes), largest first, with age
+        intervals at level `interval`.
 
         Raises `ImageLoadError` when the image cannot be read.
         """
+        check_level(interval)
         encoded = self.encoder.encode(image, max_pixels=max_pixels)
         if encoded.error is not None:
             raise encoded.error
-        return self._faces(encoded, return_embedding)
+        return self._faces(encoded, return_embedding, interval)
 
     def predict_batch(self, images: Iterable, *, batch_size: int = 32, show_progress: bool = False,
-                      return_embedding: bool = False, max_pixels=DEFAULT_MAX_PIXELS) -> Iterator[ImageResult]:
-        """One `ImageResult` per image, lazily and in input order; a bad image gives an error record."""
-        images = list(images) if show_progress else images
-        total = len(images) if show_progress else None
-        encoded_images = self.encoder.encode_batch(images, batch_size=batch_size, max_pixels=max_pixels)
+                      return_embedding: bool = False, return_image: bool = False,
+                      max_pixels=DEFAULT_MAX_PIXELS, interval: float = DEFAULT_LEVEL) -> Iterator[ImageResult]:
+        """One `ImageResult` per image, lazily and in input order, with age intervals at level
+        `interval`; a bad image gives an error record.
+
+        Results are not held back to fill a batch: when the next image is not ready within
+        `agestimate.faces.PATIENCE` (0.1 s; a camera that stalls, say), the images already
+        prepared come out, faces or not. With ``return_image=True`` each result keeps its
+        decoded image (`ImageResult.plot`); up to about 3 x `batch_size` are then in memory.
+        """
+        check_level(interval)
+        total = len(images) if show_progress and hasattr(images, "__len__") else None
+        encoded_images = self.encoder.encode_batch(images, batch_size=batch_size, max_pixels=max_pixels,
+                                                   keep_image=return_image)
         for encoded in tqdm(encoded_images, total=total, disable=not show_progress, unit="img", dynamic_ncols=True):
             if encoded.error is not None:
                 yield ImageResult(encoded.source, [], encoded.error.reason, encoded.error.kind)
             else:
-                yield ImageResult(encoded.source, self._faces(encoded, return_embedding))
+                yield ImageResult(encoded.source, self._faces(encoded, return_embedding, interval), image=encoded.image)
 
 
 @functools.lru_cache(maxsize=4)
@@ -155,17 +216,18 @@ def _estimator(max_faces=None, backend=None) -> Estimator:
 
 
 def predict(image, *, max_faces: int | None = None, return_embedding: bool = False,
-            backend: str | None = None) -> list[Face]:
-    """Age and gender of every face in `image` with the default model (loaded once, on first use)."""
-    return _estimator(max_faces, backend).predict(image, return_embedding=return_embedding)
+            backend: str | None = None, interval: float = DEFAULT_LEVEL) -> list[Face]:
+    """Age and gender of every face in `image` with the default model (loaded once, on first use);
+    `interval` is the level of `Face.age_interval`."""
+    return _estimator(max_faces, backend).predict(image, return_embedding=return_embedding, interval=interval)
 
 
-def predict_embeddings(embeddings) -> HeadOutputs:
+def predict_embeddings(embeddings, *, interval: float = DEFAULT_LEVEL) -> HeadOutputs:
     """Age and gender from L2-normalised 512-d ArcFace (w600k_mbf) embeddings, shape (n, 512).
 
     Uses the shipped model trained on plain embeddings; no detector or recogniser is loaded.
     """
-    return _embedding_heads().predict(embeddings)
+    return _embedding_heads().predict(embeddings, interval=interval)
 
 
 @functools.lru_cache(maxsize=1)
@@ -174,8 +236,10 @@ def _embedding_heads() -> AgeGenderHeads:
 
 
 def predict_batch(images: Iterable, *, batch_size: int = 32, show_progress: bool = False,
-                  max_faces: int | None = None, backend: str | None = None) -> Iterator[ImageResult]:
+                  max_faces: int | None = None, backend: str | None = None,
+                  interval: float = DEFAULT_LEVEL) -> Iterator[ImageResult]:
     """`Estimator.predict_batch` on the default model."""
-    return _estimator(max_faces, backend).predict_batch(images, batch_size=batch_size, show_progress=show_progress)
+    return _estimator(max_faces, backend).predict_batch(images, batch_size=batch_size, show_progress=show_progress,
+                                                        interval=interval)
 
 

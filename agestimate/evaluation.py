@@ -6,13 +6,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .calibration import GROUP_EDGES, fit_calibration
 from .errors import StoreError
-from .heads import AgeGenderHeads
-from .metrics import mae_by_group, summary
+from .heads import AgeGenderHeads, HeadOutputs
+from .hygiene import leaking_test_faces
+from .labels import GENDER_NAMES
+from .metrics import expected_calibration_error, interval_metrics, mae_by_group, summary, threshold_metrics
 from .store import EmbeddingStore, FaceRecords
 
-GENDER_NAMES = {0: "male", 1: "female"}
 RACE_NAMES = {0: "white", 1: "black", 2: "asian", 3: "indian", 4: "others"}
+INTERVAL_LEVELS = (0.8, 0.9)
+MINOR_AGE = 18
 
 
 @dataclass(frozen=True)
@@ -20,23 +24,58 @@ class Evaluation:
     """Predictions for labelled faces and their metrics.
 
     metrics : flat dict (see `agestimate.metrics.summary`) plus ``mae_gender_<name>`` and
-        ``mae_race_<name>`` (the fairness table, where labels exist).
+        ``mae_race_<name>`` (the fairness table, where labels exist); with `uncertainty`, the
+        coverage and width of its intervals (`agestimate.metrics.interval_metrics`), how well
+        P(age < 18) answers "is this a minor?" and ``gender_ece``.
+    uncertainty : what a calibrated model says beyond the point estimates, per face:
+        ``intervals`` {level: (low, high)}, ``prob_female`` and ``prob_under_18``; None when
+        the predictions came without it.
     """
 
     metrics: dict
     records: FaceRecords
     predicted_age: np.ndarray
     predicted_gender: np.ndarray
+    uncertainty: dict | None = None
+
+    def subset(self, mask) -> Evaluation:
+        """The same evaluation on the faces of `mask`, its metrics recomputed."""
+        uncertainty = None if self.uncertainty is None else {
+            "intervals": {level: (low[mask], high[mask]) for level, (low, high) in self.uncertainty["intervals"].items()},
+            "prob_female": self.uncertainty["prob_female"][mask], "prob_under_18": self.uncertainty["prob_under_18"][mask]}
+        return measure(self.records.subset(mask), self.predicted_age[mask], self.predicted_gender[mask], uncertainty=uncertainty)
 
 
-def measure(records: FaceRecords, predicted_age: np.ndarray, predicted_gender: np.ndarray) -> Evaluation:
-    """Metrics of predictions for `records` (their true labels)."""
+def measure(records: FaceRecords, predicted_age: np.ndarray, predicted_gender: np.ndarray, *,
+            uncertainty: dict | None = None) -> Evaluation:
+    """Metrics of predictions for `records` (their true labels); see `Evaluation` for `uncertainty`."""
     metrics = summary(records.age, predicted_age, gender_true=records.gender, gender_pred=predicted_gender)
-    for name, labels, names in (("gender", records.gender, GENDER_NAMES), ("race", records.race, RACE_NAMES)):
+    for name, labels, names in (("gender", records.gender, dict(enumerate(GENDER_NAMES))), ("race", records.race, RACE_NAMES)):
         known = labels >= 0
         by_group = mae_by_group(records.age[known], predicted_age[known], labels[known]) if known.any() else {}
         metrics.update({f"mae_{name}_{names.get(group, group)}": value for group, value in by_group.items()})
-    return Evaluation(metrics, records, predicted_age, predicted_gender)
+    if uncertainty is not None and len(records):
+        for level, (low, high) in uncertainty["intervals"].items():
+            metrics.update(interval_metrics(records.age, low, high, level=level))
+        metrics.update(threshold_metrics(records.age, uncertainty["prob_under_18"], threshold=MINOR_AGE))
+        known = (records.gender >= 0) & (predicted_gender >= 0)
+        metrics["gender_ece"] = (expected_calibration_error(uncertainty["prob_female"][known], records.gender[known])
+                                 if known.any() else None)
+    return Evaluation(metrics, records, predicted_age, predicted_gender, uncertainty)
+
+
+def predict_records(heads: AgeGenderHeads, records: FaceRecords, *, levels=INTERVAL_LEVELS) -> Evaluation:
+    """Predict `records` with `heads` and measure them, intervals and probabilities included
+    when the model is calibrated."""
+    outputs = heads.predict(records.features)
+    uncertainty = None
+    if heads.calibration is not None:
+        uncertainty = {
+            "intervals": {level: heads.calibration.age.interval(outputs.age, outputs.age_spread, level) for level in levels},
+            "prob_female": outputs.gender_prob_female,
+            "prob_under_18": heads.calibration.age.probability_below(outputs.age, outputs.age_spread, MINOR_AGE),
+        }
+    return measure(records, outputs.age, outputs.gender, uncertainty=uncertainty)
 
 
 def select_split(records: FaceRecords, split: str) -> FaceRecords:
@@ -52,17 +91,87 @@ def labelled_faces(store, descriptor: str | None = None) -> tuple[FaceRecords, s
         return database.faces(labelled=True, primary=True, descriptor=descriptor), descriptor
 
 
-def evaluate(model, store, *, split: str = "test", providers=None) -> Evaluation:
+def evaluate(model, store, *, split: str = "test", exclude_near_duplicates: float | None = None,
+             providers=None) -> Evaluation:
     """Predict the labelled faces of `split` in `store` with the heads in the folder `model`.
 
     The largest face of each labelled image is used, with the features of the descriptor
-    the model was trained on (the store must hold it).
+    the model was trained on (the store must hold it). A calibrated model is also measured on
+    its 80% and 90% intervals, P(age < 18) and the calibration of its gender probabilities.
+
+    exclude_near_duplicates : leave out the faces with a near-duplicate in the train split
+        (identity cosine >= this; see `agestimate.hygiene.leaking_test_faces`); the metrics
+        then also hold ``mae_with_near_duplicates``, ``cs5_with_near_duplicates`` and
+        ``excluded_near_duplicates``.
     """
     heads = AgeGenderHeads.load(model, providers=providers)
-    records, _ = labelled_faces(store, heads.card.get("descriptor"))
+    records, _ = labelled_faces(store, heads.require_descriptor())
     chosen = select_split(records, split)
     if len(chosen) == 0:
         present = sorted(set(records.split.tolist()) - {""})
         raise StoreError(f"{store}: no labelled faces in split {split!r} (splits present: {present or 'none'}; 'all' takes every face)")
-    outputs = heads.predict(chosen.features)
-    return measure(chosen, outputs.age, outputs.gender)
+    result = predict_records(heads, chosen)
+    if exclude_near_duplicates is None:
+        return result
+    with EmbeddingStore(store) as database:
+        leaking = records.face_id[leaking_test_faces(database, records, threshold=exclude_near_duplicates)]
+    keep = ~np.isin(chosen.face_id, leaking)
+    clean = result.subset(keep)
+    clean.metrics.update({"excluded_near_duplicates": int((~keep).sum()), "near_duplicate_threshold": exclude_near_duplicates,
+                          "mae_with_near_duplicates": result.metrics["mae"], "cs5_with_near_duplicates": result.metrics["cs5"]})
+    return clean
+
+
+def person_folds(records: FaceRecords, folds: int = 5, *, seed: int = 0) -> np.ndarray:
+    """Fold number (n,) of each face: people shuffled with `seed`, all photos of a person in one fold;
+    -1 for faces without a person label."""
+    people = np.array(sorted(set(records.person.tolist()) - {""}))
+    if len(people) < folds:
+        raise StoreError(f"person folds need at least {folds} people with a person label, found {len(people)}")
+    np.random.default_rng(seed).shuffle(people)
+    fold_of = {person: i % folds for i, person in enumerate(people)}
+    return np.array([fold_of.get(person, -1) for person in records.person], np.int64)
+
+
+def person_fold_evaluation(model, store, *, calibration_sources=(), folds: int = 5, seed: int = 0,
+                           levels=INTERVAL_LEVELS, group_edges=GROUP_EDGES) -> Evaluation:
+    """The model on every labelled person of `store`, with uncertainty that never saw that person.
+
+    People are split into `folds` (all photos of a person in one fold); each fold is predicted
+    with a calibration fitted on `calibration_sources` ((store, split) pairs, e.g. the training
+    store's val split) plus the people of the other folds. Use it for a store of people the
+    model was not trained on, calibrated with some of them (see `agestimate.calibration`).
+    The metrics have ``fold_coverage_80`` (etc.): the coverage of each fold. `group_edges`:
+    see `agestimate.calibration.AgeCalibration.fit`.
+    """
+    heads = AgeGenderHeads.load(model, calibrated=False)
+    descriptor = heads.require_descriptor()
+    records, _ = labelled_faces(store, descriptor)
+    fold = person_folds(records, folds, seed=seed)
+    records = records.subset(fold >= 0)
+    fold = fold[fold >= 0]
+    base = [select_split(labelled_faces(source, descriptor)[0], split) for source, split in calibration_sources]
+    base_outputs = [heads.predict(part.features) for part in base]
+    outputs = heads.predict(records.features)
+    intervals = {level: (np.empty(len(records)), np.empty(len(records))) for level in levels}
+    prob_female, prob_under = np.empty(len(records)), np.empty(len(records))
+    for k in range(folds):
+        others, held_out = fold != k, fold == k
+        parts = [*zip(base, base_outputs), (records.subset(others), outputs.subset(others))]
+        calibration = fit_calibration(HeadOutputs.concatenate([o for _, o in parts]), np.concatenate([r.age for r, _ in parts]),
+                                      np.concatenate([r.gender for r, _ in parts]),
+                                      group_edges=group_edges)
+        age, spread = outputs.age[held_out], outputs.age_spread[held_out]
+        for level, (low, high) in intervals.items():
+            low[held_out], high[held_out] = calibration.age.interval(age, spread, level)
+        female = outputs.gender_prob_female[held_out]
+        prob_female[held_out] = female if calibration.gender is None else calibration.gender.apply(female)
+        prob_under[held_out] = calibration.age.probability_below(age, spread, MINOR_AGE)
+    result = measure(records, outputs.age, outputs.gender,
+                     uncertainty={"intervals": intervals, "prob_female": prob_female, "prob_under_18": prob_under})
+    for level, (low, high) in intervals.items():
+        inside = (low <= records.age) & (records.age <= high)
+        result.metrics[f"fold_coverage_{round(100 * level):d}"] = [float(inside[fold == k].mean()) for k in range(folds)]
+    result.metrics.update({"folds": folds, "fold_seed": seed})
+    return result
+

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+import queue
+import threading
+import time
 import warnings
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -36,6 +42,10 @@ CROP_TEMPLATE = np.array(
 
 METHODS = ("detected", "padded", "template")
 
+# How long prepared images wait for the next one before they are embedded without it: long
+# enough for a folder's next photo (batches stay full), short for a camera that has stalled.
+PATIENCE = 0.1
+
 
 @dataclass(frozen=True)
 class FaceDetection:
@@ -57,7 +67,7 @@ class FaceDetection:
 @dataclass(frozen=True)
 class EncodedImage:
     """What the encoder made of one source: its faces, their identity embeddings (n, 512) and
-    descriptor features (n, d), or an error."""
+    descriptor features (n, d), or an error; the decoded image only when asked for."""
 
     source: str
     faces: list[FaceDetection] = field(default_factory=list)
@@ -66,6 +76,7 @@ class EncodedImage:
     width: int = 0
     height: int = 0
     error: AgestimateError | None = None
+    image: np.ndarray | None = field(default=None, repr=False, compare=False)  # RGB, with keep_image=True
 
     @property
     def ok(self) -> bool:
@@ -190,7 +201,7 @@ class FaceEncoder:
         return self.describer(aligned)
 
     # -- whole images ----------------------------------------------------------------------
-    def _prepare(self, source, max_pixels):
+    def _prepare(self, source, max_pixels, keep_image):
         """Decode, detect and align one source (runs in a worker thread)."""
         name = describe_source(source)
         try:
@@ -198,11 +209,13 @@ class FaceEncoder:
         except ImageLoadError as error:
             return EncodedImage(source=name, error=error), None
         faces = self.detect(image)
-        return EncodedImage(source=name, faces=faces, width=image.shape[1], height=image.shape[0]), self.align(image, faces)
+        encoded = EncodedImage(source=name, faces=faces, width=image.shape[1], height=image.shape[0],
+                               image=image if keep_image else None)
+        return encoded, self.align(image, faces)
 
-    def encode(self, source, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> EncodedImage:
+    def encode(self, source, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, keep_image: bool = False) -> EncodedImage:
         """Faces and embeddings of one image source; errors are returned, not raised."""
-        return next(self.encode_batch([source], max_pixels=max_pixels))
+        return next(self.encode_batch([source], max_pixels=max_pixels, keep_image=keep_image))
 
     def encode_batch(
         self,
@@ -211,22 +224,33 @@ class FaceEncoder:
         batch_size: int = 64,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         workers: int = 1,
+        keep_image: bool = False,
     ) -> Iterator[EncodedImage]:
         """Encode many sources lazily, in input order, one `EncodedImage` each.
 
-        Decoding and detection of the next images run in `workers` threads while the current
-        batch of up to `batch_size` faces is embedded (ONNX Runtime releases the GIL).
+        Decoding and detection of the next images run in `workers` threads (which also read
+        `sources`) while the faces of earlier images are embedded, up to `batch_size` faces
+        per recogniser call. Results do not wait long for later images: when the next image
+        is not ready within `PATIENCE` seconds (a camera that stalls, a source that waits),
+        the images already prepared are embedded and yielded, faces or not.
+
+        keep_image : keep each decoded RGB image in its result (`EncodedImage.image`), e.g. to
+            draw on it; up to about 3 x `batch_size` decoded images are then held in memory.
         """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         pending: list[tuple[EncodedImage, np.ndarray | None]] = []
         pending_faces = 0
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="agestimate-prepare") as pool:
-            for item in _prefetched(pool, lambda s: self._prepare(s, max_pixels), sources, depth=2 * batch_size):
+        prepare = lambda s: self._prepare(s, max_pixels, keep_image)  # noqa: E731
+        for item in _prefetched(prepare, sources, depth=2 * batch_size, workers=workers, patience=PATIENCE):
+            if item is not _WAITING:
                 pending.append(item)
                 pending_faces += len(item[0].faces)
-                if pending_faces >= batch_size:
-                    yield from self._embed_pending(pending)
-                    pending, pending_faces = [], 0
-            yield from self._embed_pending(pending)
+            # a full batch of faces, or of images (faceless ones too), or nothing else ready yet
+            if pending and (item is _WAITING or pending_faces >= batch_size or len(pending) >= batch_size):
+                yield from self._embed_pending(pending)
+                pending, pending_faces = [], 0
+        yield from self._embed_pending(pending)
 
     def _embed_pending(self, pending) -> Iterator[EncodedImage]:
         crops = [aligned for _, aligned in pending if aligned is not None and len(aligned)]
@@ -234,24 +258,71 @@ class FaceEncoder:
         start = 0
         for encoded, _ in pending:
             count = len(encoded.faces)
-            yield EncodedImage(
-                source=encoded.source,
-                faces=encoded.faces,
-                embeddings=embeddings[start : start + count],
-                features=features[start : start + count],
-                width=encoded.width,
-                height=encoded.height,
-                error=encoded.error,
-            )
+            yield dataclasses.replace(encoded, embeddings=embeddings[start : start + count],
+                                      features=features[start : start + count])
             start += count
 
 
-def _prefetched(pool: ThreadPoolExecutor, function, items: Iterable, *, depth: int) -> Iterator:
-    """`map(function, items)` computed ahead in `pool`, at most `depth` items in flight, in order."""
-    futures = []
-    for item in items:
-        futures.append(pool.submit(function, item))
-        if len(futures) >= depth:
-            yield futures.pop(0).result()
-    for future in futures:
-        yield future.result()
+_WAITING = object()  # `_prefetched`: the next result is not ready yet
+_END = object()
+
+
+class _Failed(NamedTuple):
+    error: BaseException
+
+
+def _prefetched(function, items: Iterable, *, depth: int, workers: int = 1, patience: float = 0.0) -> Iterator:
+    """`map(function, items)` computed ahead in `workers` threads, at most `depth` in flight, in order.
+
+    A feeder thread reads `items`, so a source that blocks (a camera) never blocks the caller
+    while results are ready. When the next result has not come within `patience` seconds, the
+    generator yields `_WAITING` once before it waits on, so the caller can use the time.
+    """
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(entry) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def feed(pool: ThreadPoolExecutor) -> None:
+        try:
+            for item in items:
+                if not put(pool.submit(function, item)):
+                    return
+        except BaseException as error:  # the caller raises it, after the results before it
+            put(_Failed(error))
+        put(_END)
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="agestimate-prepare") as pool:
+        feeder = threading.Thread(target=feed, args=(pool,), name="agestimate-feed", daemon=True)
+        feeder.start()
+        try:
+            while True:
+                deadline = time.monotonic() + patience
+                try:
+                    entry = ready.get(timeout=patience) if patience > 0 else ready.get_nowait()
+                except queue.Empty:
+                    yield _WAITING
+                    entry, deadline = ready.get(), None
+                if entry is _END:
+                    return
+                if isinstance(entry, _Failed):
+                    raise entry.error
+                if deadline is not None and not futures_wait([entry], timeout=max(0.0, deadline - time.monotonic())).done:
+                    yield _WAITING
+                yield entry.result()
+        finally:
+            stop.set()  # a feeder blocked on a full queue returns; one blocked reading `items` is a daemon
+            while True:  # cancel what was submitted but is not needed any more
+                try:
+                    entry = ready.get_nowait()
+                except queue.Empty:
+                    break
+                if isinstance(entry, Future):
+                    entry.cancel()

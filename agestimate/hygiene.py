@@ -1,10 +1,10 @@
 """Data hygiene of a store: distributions, duplicates, train/test leakage and label outliers.
 
-Near-duplicates are pairs of faces whose identity embeddings have a cosine similarity of at
-least a threshold, found with a FAISS range search (no O(n^2) loop in Python; an IVF index for
-large sets, see `agestimate.search_index`). Label outliers
-are faces whose age label is far from the median label of their nearest neighbours in the
-descriptor space (the features the age heads read).
+Both searches go through the store's own FAISS index (cosine of the identity embeddings),
+restricted to the faces examined: near-duplicates are pairs of faces with a cosine of at least
+a threshold (a range search, no O(n^2) loop in Python); label outliers are faces whose age
+label is far from the median label of their nearest labelled faces (as `agestimate.neighbours`
+finds them for predictions).
 """
 
 from __future__ import annotations
@@ -16,29 +16,32 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .descriptors import normalise
 from .errors import AgestimateError
 from .images import load_image
-from .search_index import build_index, tune_for_range
-from .store import EmbeddingStore, FaceRecords
+from .store import CURRENT, EmbeddingStore, FaceRecords
 
 DEFAULT_THRESHOLD = 0.9  # UTKFace: 501 pairs at 0.9, median age gap 2 years (same person, same shoot)
 
 
-def near_duplicate_pairs(vectors: np.ndarray, *, threshold: float = DEFAULT_THRESHOLD) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pairs (i, j), i < j, of rows of L2-normalised `vectors` with cosine >= threshold: (i, j, cosine)."""
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    index = build_index(vectors)  # exact, or IVF for large sets (see agestimate.search_index)
-    tune_for_range(index, vectors, threshold)
-    limits, similarities, neighbours = index.range_search(vectors, threshold)
-    rows = np.repeat(np.arange(len(vectors)), np.diff(limits).astype(np.int64))
+def near_duplicate_pairs(store: EmbeddingStore, records: FaceRecords, *,
+                         threshold: float = DEFAULT_THRESHOLD) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs (i, j), i < j, of rows of `records` (faces of `store`) with identity cosine >= threshold: (i, j, cosine)."""
+    limits, similarities, face_ids = store.range_search(records.embedding, threshold, among=records.face_id)
+    rows = np.repeat(np.arange(len(records)), np.diff(limits).astype(np.int64))
+    neighbours = _rows_of(records, face_ids)
     keep = neighbours > rows
     return rows[keep], neighbours[keep], similarities[keep]
 
 
-def leaking_test_faces(records: FaceRecords, *, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
+def _rows_of(records: FaceRecords, face_ids: np.ndarray) -> np.ndarray:
+    """Row numbers in `records` of store face ids (all of which are in `records`)."""
+    order = np.argsort(records.face_id)
+    return order[np.searchsorted(records.face_id, face_ids, sorter=order)]
+
+
+def leaking_test_faces(store: EmbeddingStore, records: FaceRecords, *, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
     """Boolean mask of faces outside the train split with a near-duplicate inside it."""
-    first, second, _ = near_duplicate_pairs(records.embedding, threshold=threshold)
+    first, second, _ = near_duplicate_pairs(store, records, threshold=threshold)
     in_train = records.split == "train"
     crossing = in_train[first] != in_train[second]
     mask = np.zeros(len(records), bool)
@@ -46,13 +49,22 @@ def leaking_test_faces(records: FaceRecords, *, threshold: float = DEFAULT_THRES
     return mask
 
 
-def label_outliers(records: FaceRecords, *, neighbours: int = 10, min_gap: float = 15.0) -> tuple[np.ndarray, np.ndarray]:
+def label_outliers(store: EmbeddingStore, records: FaceRecords, *, neighbours: int = 10,
+                   min_gap: float = 15.0) -> tuple[np.ndarray, np.ndarray]:
     """Faces whose age label differs by at least `min_gap` years from the median label of their
-    `neighbours` nearest faces (descriptor features, cosine): (indices sorted by gap, neighbour medians)."""
-    features = normalise(records.features.astype(np.float32))
-    index = build_index(features)
-    _, nearest = index.search(features, neighbours + 1)
-    medians = np.median(records.age[nearest[:, 1:]], axis=1)
+    `neighbours` nearest other faces among `records` (identity embeddings, through the store's
+    index; all other faces where there are fewer): (indices sorted by gap, neighbour medians)."""
+    count = len(records)
+    neighbours = min(neighbours, count - 1)  # a small store has fewer faces than asked for
+    if neighbours < 1:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    _, face_ids = store.search(records.embedding, neighbours + 1, among=records.face_id)
+    nearest = _rows_of(records, face_ids)
+    # each face's own row is not its neighbour (it need not come first: an exact copy ties with it)
+    others = nearest != np.arange(count)[:, None]
+    others[others.sum(axis=1) > neighbours, -1] = False
+    nearest = nearest[others].reshape(count, neighbours)
+    medians = np.median(records.age[nearest], axis=1)
     gaps = np.abs(records.age - medians)
     order = np.argsort(-gaps)
     order = order[gaps[order] >= min_gap]
@@ -88,21 +100,22 @@ def hygiene_report(store, folder, *, threshold: float = DEFAULT_THRESHOLD, neigh
     database = EmbeddingStore(store)
     try:
         summary = database.summary()
-        records = database.faces(labelled=True, primary=True)
+        records = database.faces(labelled=True, primary=True, descriptor="emb")
         faces_per_image = dict(database._db.execute(
-            "SELECT n_faces, COUNT(*) FROM images GROUP BY n_faces ORDER BY n_faces").fetchall())
+            f"SELECT n_faces, COUNT(*) FROM images WHERE {CURRENT} GROUP BY n_faces ORDER BY n_faces").fetchall())
         copies = database._db.execute(
             "SELECT COUNT(*), COALESCE(SUM(n), 0) FROM (SELECT COUNT(*) AS n FROM files WHERE sha256 IS NOT NULL "
             "GROUP BY sha256 HAVING n > 1)").fetchone()
+        first, second, similarity = near_duplicate_pairs(database, records, threshold=threshold)
+        leaking = leaking_test_faces(database, records, threshold=threshold)
+        outliers, medians = label_outliers(database, records, neighbours=neighbours, min_gap=min_gap)
     finally:
         database.close()
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    first, second, similarity = near_duplicate_pairs(records.embedding, threshold=threshold)
     in_train = records.split == "train"
     crossing = (in_train[first] != in_train[second]) & (records.split[first] != "") & (records.split[second] != "")
     agree = np.abs(records.age[first] - records.age[second]) <= 2
-    outliers, medians = label_outliers(records, neighbours=neighbours, min_gap=min_gap)
 
     result = {
         "store": str(store), "threshold": threshold, "labelled_faces": len(records),
@@ -111,7 +124,7 @@ def hygiene_report(store, folder, *, threshold: float = DEFAULT_THRESHOLD, neigh
         "exact_duplicate_groups": copies[0], "exact_duplicate_files": copies[1],
         "near_duplicate_pairs": int(len(first)), "near_duplicate_pairs_labels_within_2_years": int(agree.sum()),
         "near_duplicate_pairs_across_train_and_val_test": int(crossing.sum()),
-        "test_faces_with_a_train_near_duplicate": int(leaking_test_faces(records, threshold=threshold)[records.split == "test"].sum()),
+        "test_faces_with_a_train_near_duplicate": int(leaking[records.split == "test"].sum()),
         "label_outliers": int(len(outliers)),
         "gender_counts": {str(k): v for k, v in Counter(records.gender.tolist()).items()},
         "race_counts": {str(k): v for k, v in Counter(records.race.tolist()).items()},
@@ -145,7 +158,7 @@ def hygiene_report(store, folder, *, threshold: float = DEFAULT_THRESHOLD, neigh
         f"## Near-duplicates across train and val/test (cosine >= {threshold}), most similar first\n\n"
         "| face | split | age | near-duplicate | split | age | cosine |\n|---|---|---|---|---|---|---|\n"
         f"{listing}\n\n![pairs](leakage_pairs.png)\n\n"
-        f"## Label outliers (label {min_gap:.0f}+ years from the median of {neighbours} nearest faces)\n\n"
+        f"## Label outliers (label {min_gap:.0f}+ years from the median of {neighbours} nearest faces, identity embeddings)\n\n"
         f"| face | label | neighbours' median |\n|---|---|---|\n{outlier_list}\n\n![outliers](label_outliers.png)\n"
     )
     return result

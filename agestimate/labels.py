@@ -10,6 +10,8 @@ from pathlib import Path
 
 from .errors import LabelError
 
+UNKNOWN_GENDER = -1  # the gender code where no gender is known (labels) or predicted (a model without a gender head)
+GENDER_NAMES = ("male", "female")  # the names of the gender codes 0 and 1
 GENDERS = {"0": 0, "1": 1, "m": 0, "f": 1, "male": 0, "female": 1}
 SPLITS = ("train", "val", "test")
 CSV_COLUMNS = ("path", "age", "gender", "race", "person", "split")

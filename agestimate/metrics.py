@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-UNKNOWN_GENDER = -1
+from .labels import UNKNOWN_GENDER
 
 AGE_GROUP_CUTS = {
     "adience8": np.array([3.0, 7.0, 13.5, 22.5, 35.0, 45.5, 56.5]),
@@ -74,6 +74,10 @@ def age_group_labels(scheme: str) -> list[str]:
         return list(_ADIENCE8_LABELS)
     edges = [0, *cuts.astype(int)]
     return [f"{lo}-{hi - 1}" for lo, hi in zip(edges[:-1], edges[1:])] + [f"{edges[-1]}+"]
+
+
+DECADE_KEYS = [f"mae_{label.replace('-', '_').replace('+', 'plus')}" for label in age_group_labels("bins10")]
+"""Keys of the MAE per decade of true age in `age_metrics`: mae_0_9, ..., mae_90_99, mae_100plus."""
 
 
 def mae(y_true, y_pred) -> float:
@@ -168,11 +172,10 @@ def age_metrics(y_true, y_pred) -> dict:
     """
     y_true = np.asarray(y_true, dtype=np.float64)
     y_pred = np.asarray(y_pred, dtype=np.float64)
-    decade_keys = [f"mae_{label.replace('-', '_').replace('+', 'plus')}" for label in age_group_labels("bins10")]
     result = {"n": int(y_true.size)}
     if y_true.size == 0:
         keys = ["mae", "cs5"] + [f"{kind}_{s}" for s in AGE_GROUP_CUTS for kind in ("one_off", "exact")]
-        return result | dict.fromkeys(keys + ["mae_60plus"] + decade_keys)
+        return result | dict.fromkeys(keys + ["mae_60plus"] + DECADE_KEYS)
     result["mae"] = mae(y_true, y_pred)
     result["cs5"] = cumulative_score(y_true, y_pred, tolerance=5)
     for scheme in AGE_GROUP_CUTS:
@@ -181,7 +184,7 @@ def age_metrics(y_true, y_pred) -> dict:
     old = y_true >= 60
     result["mae_60plus"] = mae(y_true[old], y_pred[old]) if old.any() else None
     by_decade = mae_by_group(y_true, y_pred, age_group(y_true, "bins10"))
-    result.update({key: by_decade.get(i) for i, key in enumerate(decade_keys)})
+    result.update({key: by_decade.get(i) for i, key in enumerate(DECADE_KEYS)})
     return result
 
 
@@ -200,3 +203,75 @@ def summary(y_true, y_pred, *, gender_true=None, gender_pred=None) -> dict:
     has_gender = gender_true is not None and gender_pred is not None and result["n"] > 0
     result["gender_accuracy"] = gender_accuracy(gender_true, gender_pred) if has_gender else None
     return result
+
+
+def _decade_keys(prefix: str) -> list[str]:
+    return [f"{prefix}_{label.replace('-', '_').replace('+', 'plus')}" for label in age_group_labels("bins10")]
+
+
+def interval_metrics(y_true, low, high, *, level: float) -> dict:
+    """Coverage and width of age intervals at one level, overall and per decade of true age.
+
+    Parameters
+    ----------
+    y_true, low, high : array-like, shape (N,)
+        True ages and the intervals' ends.
+    level : the intervals' nominal level, e.g. 0.8; it names the keys.
+
+    Returns
+    -------
+    dict
+        ``coverage_80`` (fraction of true ages inside, ends included), ``median_width_80``
+        and ``coverage_80_0_9`` ... ``coverage_80_100plus`` (None where a decade is empty), for
+        level 0.8; all None for a model without intervals (NaN ends).
+    """
+    y_true, low = _paired(y_true, low)
+    _, high = _paired(y_true, high)
+    tag = f"{round(100 * level):d}"
+    keys = [f"coverage_{tag}", f"median_width_{tag}", *_decade_keys(f"coverage_{tag}")]
+    if np.isnan(low).all():
+        return dict.fromkeys(keys)
+    inside = (low <= y_true) & (y_true <= high)
+    decades = age_group(y_true, "bins10")
+    result = {keys[0]: float(inside.mean()), keys[1]: float(np.median(high - low))}
+    result.update({key: float(inside[decades == i].mean()) if (decades == i).any() else None
+                   for i, key in enumerate(keys[2:])})
+    return result
+
+
+def reliability_bins(probability, outcome, *, bins: int = 15) -> list[dict]:
+    """Binary predictions grouped by their confidence (the probability of the predicted class)
+    in `bins` equal-width bins from 0.5 to 1: for each bin with faces, ``count``, mean
+    ``confidence`` and ``accuracy``. probability: P(outcome = 1), outcome: 0 or 1, each (N,)."""
+    probability = np.asarray(probability, np.float64)
+    outcome = np.asarray(outcome).astype(bool)
+    predicted = probability > 0.5
+    confidence = np.where(predicted, probability, 1 - probability)
+    index = np.minimum(((confidence - 0.5) * 2 * bins).astype(int), bins - 1)
+    return [{"low": 0.5 + b / (2 * bins), "high": 0.5 + (b + 1) / (2 * bins), "count": int((index == b).sum()),
+             "confidence": float(confidence[index == b].mean()), "accuracy": float((predicted == outcome)[index == b].mean())}
+            for b in range(bins) if (index == b).any()]
+
+
+def expected_calibration_error(probability, outcome, *, bins: int = 15) -> float:
+    """ECE (Guo et al. 2017) of binary predictions: the count-weighted mean gap between
+    confidence and accuracy over `reliability_bins`. probability: P(outcome = 1), each (N,)."""
+    table = reliability_bins(probability, outcome, bins=bins)
+    total = sum(row["count"] for row in table)
+    return float(sum(row["count"] * abs(row["confidence"] - row["accuracy"]) for row in table) / total)
+
+
+def threshold_metrics(y_true, probability_below, *, threshold: float = 18) -> dict:
+    """How well P(age < threshold) answers "is this person under `threshold`?".
+
+    Returns ``under_18_share`` (true share), ``under_18_accuracy`` (P > 0.5 against the truth),
+    ``under_18_brier`` and ``under_18_ece`` for threshold 18.
+    """
+    y_true, probability = _paired(y_true, probability_below)
+    tag = f"under_{threshold:g}"
+    if np.isnan(probability).all():
+        return dict.fromkeys([f"{tag}_share", f"{tag}_accuracy", f"{tag}_brier", f"{tag}_ece"])
+    below = y_true < threshold
+    return {f"{tag}_share": float(below.mean()), f"{tag}_accuracy": float(np.mean((probability > 0.5) == below)),
+            f"{tag}_brier": float(np.mean((probability - below) ** 2)),
+            f"{tag}_ece": expected_calibration_error(probability, below)}

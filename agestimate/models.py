@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ModelFileError
-from .runtimes import OpenVINOSession, check_backend, default_providers, session_options
+from .runtimes import OpenVINOSession, check_backend, providers_or_default, session_options
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,8 @@ def weights_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
-def file_sha256(path: Path) -> str:
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB chunks (weight pins, image keys of the store)."""
     digest = hashlib.sha256()
     with open(path, "rb") as stream:
         for chunk in iter(lambda: stream.read(1 << 20), b""):
@@ -115,7 +116,7 @@ def load_model(name: str, *, backend: str | None = None, providers=None, threads
     else:
         model = get_model(
             str(path),
-            providers=list(providers) if providers else default_providers(),
+            providers=providers_or_default(providers),
             sess_options=session_options(threads),
         )
     logger.debug("loaded %s from %s with %s", name, path, model.session.get_providers())

@@ -1,8 +1,9 @@
 """Prediction rows and the files they go to: one row per face, one row with the reason for an
 image without a face or with an error; CSV, JSON Lines or Parquet, resumable.
 
-The local `agestimate predict` and the Ray engine (`agestimate.distributed`) write through the
-same `PredictionWriter`, so both give the same rows and the same files.
+The rows are those of `ImageResult.summary`. The local `agestimate predict` and the Ray engine
+(`agestimate.distributed`) write them through the same `PredictionWriter`, so both give the
+same files.
 
 Resuming: when the output exists, `PredictionWriter` keeps its rows and `scored` holds the
 `file` values already in it; the caller skips those sources. The key is the path as written in
@@ -29,35 +30,19 @@ from .errors import AgestimateError
 
 logger = logging.getLogger(__name__)
 
-PREDICTION_COLUMNS = ["file", "frame", "face", "x1", "y1", "x2", "y2", "age", "age_spread", "age_group", "gender",
-                      "gender_probability", "confidence", "detection_score", "detection_method", "error"]
-_INTEGER_COLUMNS = {"frame", "face"}
-_TEXT_COLUMNS = {"file", "age_group", "gender", "detection_method", "error"}
+PREDICTION_COLUMNS = ["file", "frame", "face", "track", "x1", "y1", "x2", "y2", "age", "age_low", "age_high",
+                      "age_spread", "age_group", "gender", "gender_probability", "confidence", "detection_score",
+                      "detection_method", "neighbours", "error"]
+_INTEGER_COLUMNS = {"frame", "face", "track"}
+_TEXT_COLUMNS = {"file", "age_group", "gender", "detection_method", "neighbours", "error"}
+_ERROR_ROW_COLUMNS = ("file", "frame", "error")  # what `ImageResult.summary` gives for an image without a face
 OUTPUT_SUFFIXES = (".csv", ".jsonl", ".parquet")
 PARQUET_PART_ROWS = 10_000  # rows per Parquet part: at most this much work is redone after a crash
 PARQUET_PART_SECONDS = 60.0  # ... or this many seconds of it, when scoring is slow
 
 
-def prediction_rows(result) -> Iterator[dict]:
-    """The rows of one `ImageResult`: one per face, or one with the reason ("no face" or the error).
-
-    Keys absent from a row (the face columns of an error row) are empty in CSV, absent in JSON
-    Lines and null in Parquet.
-    """
-    if not result.ok:
-        yield {"file": result.source, "error": result.error}
-    elif not result.faces:
-        yield {"file": result.source, "error": "no face"}
-    for index, face in enumerate(result.faces):
-        values = face.to_dict()
-        x1, y1, x2, y2 = values.pop("box")
-        values.pop("landmarks")
-        yield {"file": result.source, "face": index, "x1": round(x1, 1), "y1": round(y1, 1), "x2": round(x2, 1),
-               "y2": round(y2, 1), **{k: round(v, 4) if isinstance(v, float) else v for k, v in values.items()}}
-
-
 def prediction_schema():
-    """The Arrow schema of prediction rows (Parquet and the Ray engine's tables)."""
+    """The Arrow schema of prediction rows (Parquet and the Ray engine's tables); `neighbours` is JSON text."""
     import pyarrow as pa
 
     def kind(name):
@@ -66,17 +51,31 @@ def prediction_schema():
     return pa.schema([(name, kind(name)) for name in PREDICTION_COLUMNS])
 
 
+def _flat(row: dict) -> dict:
+    """A row with `neighbours` as JSON text, as CSV and Parquet hold it."""
+    return {**row, "neighbours": json.dumps(row["neighbours"])} if "neighbours" in row else row
+
+
 def rows_to_table(rows: list[dict]):
-    """Prediction rows as an Arrow table with `prediction_schema()` (missing keys are null)."""
+    """Prediction rows (`ImageResult.summary`) as an Arrow table with `prediction_schema()`."""
     import pyarrow as pa
 
-    return pa.Table.from_pylist([{name: row.get(name) for name in PREDICTION_COLUMNS} for row in rows],
+    return pa.Table.from_pylist([{name: _flat(row).get(name) for name in PREDICTION_COLUMNS} for row in rows],
                                 schema=prediction_schema())
 
 
 def table_rows(table) -> list[dict]:
-    """Rows of an Arrow table of predictions, as `prediction_rows` makes them (nulls left out)."""
-    return [{name: value for name, value in row.items() if value is not None} for row in table.to_pylist()]
+    """The rows of an Arrow table of predictions as `ImageResult.summary` gives them: a face row
+    with every face column, an error row with file, frame and error."""
+    rows = []
+    for row in table.to_pylist():
+        if row["face"] is None:
+            rows.append({name: row[name] for name in _ERROR_ROW_COLUMNS})
+            continue
+        neighbours = row.pop("neighbours")
+        row.pop("error")
+        rows.append(row if neighbours is None else {**row, "neighbours": json.loads(neighbours)})
+    return rows
 
 
 def check_output(out: str | Path | None) -> None:
@@ -170,7 +169,7 @@ class PredictionWriter:
             return
         buffer = io.StringIO()
         if self._csv:
-            csv.DictWriter(buffer, PREDICTION_COLUMNS).writerows(rows)
+            csv.DictWriter(buffer, PREDICTION_COLUMNS).writerows(_flat(row) for row in rows)
         else:
             buffer.writelines(json.dumps(row) + "\n" for row in rows)
         self._stream.write(buffer.getvalue())  # one write per call: a kill tears at most its tail

@@ -9,7 +9,7 @@ import numpy as np
 
 from .errors import AgestimateError
 from .evaluation import Evaluation
-from .metrics import age_group, age_group_labels
+from .metrics import DECADE_KEYS, age_group, age_group_labels, reliability_bins
 
 
 def format_table(metrics: dict) -> str:
@@ -23,7 +23,8 @@ def format_table(metrics: dict) -> str:
 
 
 def write_report(evaluation: Evaluation, folder, *, title: str, command: str) -> Path:
-    """Write report.md, metrics.json and four PNG plots into `folder`."""
+    """Write report.md, metrics.json and PNG plots into `folder`: four of the point estimates and,
+    for a calibrated model, interval coverage per decade and the gender reliability diagram."""
     try:
         import matplotlib
     except ImportError as error:
@@ -63,17 +64,51 @@ def write_report(evaluation: Evaluation, folder, *, title: str, command: str) ->
     figure.colorbar(image)
     figure.savefig(folder / "confusion_adience8.png", dpi=100, bbox_inches="tight")
 
-    decade_keys = [f"mae_{label.replace('-', '_').replace('+', 'plus')}" for label in age_group_labels("bins10")]
-    decades = {k: evaluation.metrics[k] for k in decade_keys if evaluation.metrics.get(k) is not None}
+    decades = {k: evaluation.metrics[k] for k in DECADE_KEYS if evaluation.metrics.get(k) is not None}
     figure, axes = plt.subplots(figsize=(7, 4))
     axes.bar([k[4:].replace("_", "-") for k in decades], list(decades.values()))
     axes.set(xlabel="true age", ylabel="MAE", title="MAE per decade")
     figure.savefig(folder / "mae_per_decade.png", dpi=100, bbox_inches="tight")
+    plots = ["![predicted vs true](predicted_vs_true.png)", "![error by age](error_by_age.png)",
+             "![Adience-8 confusion](confusion_adience8.png)", "![MAE per decade](mae_per_decade.png)"]
+    if evaluation.uncertainty is not None:
+        plots += _uncertainty_plots(evaluation, folder, plt)
     plt.close("all")
 
     (folder / "report.md").write_text(
-        f"# {title}\n\nCommand: `{command}`\n\n{format_table(evaluation.metrics)}\n\n"
-        "![predicted vs true](predicted_vs_true.png)\n![error by age](error_by_age.png)\n"
-        "![Adience-8 confusion](confusion_adience8.png)\n![MAE per decade](mae_per_decade.png)\n"
+        f"# {title}\n\nCommand: `{command}`\n\n{format_table(evaluation.metrics)}\n\n" + "\n".join(plots) + "\n"
     )
     return folder
+
+
+def _uncertainty_plots(evaluation: Evaluation, folder: Path, plt) -> list[str]:
+    """Coverage per decade of true age at each interval level, and the gender reliability diagram."""
+    labels = age_group_labels("bins10")
+    figure, axes = plt.subplots(figsize=(7, 4))
+    for offset, level in enumerate(evaluation.uncertainty["intervals"]):
+        tag = f"{round(100 * level):d}"
+        keys = [f"coverage_{tag}_{label.replace('-', '_').replace('+', 'plus')}" for label in labels]
+        shown = [(i, evaluation.metrics[key]) for i, key in enumerate(keys) if evaluation.metrics.get(key) is not None]
+        axes.bar([i + 0.4 * offset - 0.2 for i, _ in shown], [value for _, value in shown], width=0.4, label=f"{tag}% interval")
+        axes.axhline(level, linestyle="--", linewidth=1, color=f"C{offset}")
+    axes.set_xticks(range(len(labels)), labels, rotation=45)
+    axes.set(xlabel="true age", ylabel="coverage", ylim=(0, 1), title="interval coverage per decade (dashed: level)")
+    axes.legend()
+    figure.savefig(folder / "coverage_per_decade.png", dpi=100, bbox_inches="tight")
+    plots = ["![coverage per decade](coverage_per_decade.png)"]
+
+    known = (evaluation.records.gender >= 0) & (evaluation.predicted_gender >= 0)
+    if known.any():
+        rows = reliability_bins(evaluation.uncertainty["prob_female"][known], evaluation.records.gender[known])
+        figure, axes = plt.subplots(figsize=(5, 5))
+        axes.bar([(r["low"] + r["high"]) / 2 for r in rows], [r["accuracy"] for r in rows], width=1 / 30, alpha=0.7,
+                 edgecolor="black", label="accuracy")
+        axes.plot([0.5, 1], [0.5, 1], color="black", linewidth=1, label="perfect calibration")
+        for row in rows:
+            axes.annotate(str(row["count"]), ((row["low"] + row["high"]) / 2, row["accuracy"]), ha="center", va="bottom", fontsize=6)
+        axes.set(xlabel="confidence (probability of the predicted gender)", ylabel="accuracy", xlim=(0.5, 1), ylim=(0, 1.05),
+                 title=f"gender reliability, ECE {evaluation.metrics.get('gender_ece', float('nan')):.3f}")
+        axes.legend(loc="upper left")
+        figure.savefig(folder / "gender_reliability.png", dpi=100, bbox_inches="tight")
+        plots.append("![gender reliability](gender_reliability.png)")
+    return plots

@@ -62,6 +62,11 @@ def default_providers() -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+def providers_or_default(providers) -> list[str]:
+    """The providers asked for, as a list, or `default_providers` when none are."""
+    return list(providers) if providers else default_providers()
+
+
 def openvino_available() -> bool:
     import importlib.util
 
@@ -140,7 +145,7 @@ class OnnxRuntimeSession:
 
     def __init__(self, model: bytes, *, providers=None, threads: int | None = None):
         self.session = onnxruntime.InferenceSession(
-            model, sess_options=session_options(threads), providers=list(providers) if providers else default_providers()
+            model, sess_options=session_options(threads), providers=providers_or_default(providers)
         )
         self.info = RuntimeInfo("onnxruntime", ",".join(self.session.get_providers()), "f32", threads)
 

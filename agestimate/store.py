@@ -8,6 +8,17 @@ SHA-256 of their bytes, so renamed or copied files are embedded once. The record
 the SHA-256 of the embedding model and to the descriptor (see `agestimate.descriptors`) whose
 features it keeps beside each embedding: opening it with another model or descriptor is an
 error, so two kinds of vectors never mix.
+
+Files and content: a file row points at the current content of its path. When a file
+changes, the row moves to the new content; an image that no file points at any more is
+left out of `faces` (so of training and evaluation) and of the counts, and `prune` deletes
+it with its faces and label. Labels belong to content; a file whose content changed keeps
+its label unless a new one is given.
+
+The index is read lazily and trusted without reading the embeddings when the record says it
+was written at the record's current version (a counter bumped by every change to the
+faces) and it holds as many faces as the record; otherwise it is checked against the record
+and rebuilt if they differ. Several processes may write one store at once.
 """
 
 from __future__ import annotations
@@ -26,13 +37,14 @@ from .errors import StoreError
 from .descriptors import EMBEDDING_DIM, Descriptor
 from .faces import FaceDetection
 from .labels import FaceLabel
-from .search_index import build_index, check_kind, describe, needs_rebuild
+from .search_index import build_index, check_kind, describe, index_kind, needs_rebuild, tune_for_range
 
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 DATABASE = "store.sqlite"
 INDEX = "index.faiss"
+MAX_OVERFETCH = 4096  # restricted searches fetch k + this many extra neighbours at most, then filter
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -51,6 +63,19 @@ CREATE TABLE IF NOT EXISTS labels (
     sha256 TEXT PRIMARY KEY, age REAL, gender INTEGER, race INTEGER, person TEXT, split TEXT,
     extra TEXT, source TEXT);
 """
+# An image is current while a file points at it; the others are stale (left out; see `prune`).
+CURRENT = "sha256 IN (SELECT sha256 FROM files WHERE sha256 IS NOT NULL)"
+LABEL_COLUMNS = "age, gender, race, person, split, extra"
+WRITE_LOCK_SECONDS = 60  # how long a writer waits for another process's transaction
+
+
+def _label_values(label: FaceLabel) -> tuple:
+    return (label.age, label.gender, label.race, label.person, label.split, json.dumps(label.extra, sort_keys=True))
+
+
+def _label_of(row) -> FaceLabel:
+    age, gender, race, person, split, extra = row
+    return FaceLabel(age=age, gender=gender, race=race, person=person, split=split, extra=json.loads(extra or "{}"))
 
 
 @dataclass(frozen=True)
@@ -107,18 +132,20 @@ class EmbeddingStore:
                 raise ValueError("model_sha256 and descriptor are needed to create a store")
             self.path.mkdir(parents=True, exist_ok=True)
         try:
-            self._db = sqlite3.connect(database, isolation_level=None)
+            self._db = sqlite3.connect(database, isolation_level=None, timeout=WRITE_LOCK_SECONDS)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
             meta = dict(self._db.execute("SELECT key, value FROM meta"))
         except sqlite3.DatabaseError as error:
             raise StoreError(f"{database}: not a readable store database ({error})") from error
-        if not meta:
-            meta = {"schema_version": str(SCHEMA_VERSION), "model_sha256": model_sha256, "dim": str(EMBEDDING_DIM),
-                    "descriptor": descriptor, "feature_dim": str(Descriptor.parse(descriptor).dim)}
+        if not meta:  # a new store; another process may be creating it at the same moment
+            created = {"schema_version": str(SCHEMA_VERSION), "model_sha256": model_sha256, "dim": str(EMBEDDING_DIM),
+                       "descriptor": descriptor, "feature_dim": str(Descriptor.parse(descriptor).dim)}
             with self._db:
-                self._db.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.executemany("INSERT OR IGNORE INTO meta VALUES (?, ?)", created.items())
+            meta = dict(self._db.execute("SELECT key, value FROM meta"))
         if meta.get("schema_version") != str(SCHEMA_VERSION):
             raise StoreError(f"{self.path}: store schema version {meta.get('schema_version')}, this agestimate reads {SCHEMA_VERSION}")
         if model_sha256 is not None and meta["model_sha256"] != model_sha256:
@@ -135,55 +162,106 @@ class EmbeddingStore:
         self.descriptor = meta["descriptor"]
         self.dim = int(meta["dim"])
         self.feature_dim = int(meta["feature_dim"])
-        self.index_kind = check_kind(index or meta.get("index", "auto"))
-        if self.index_kind != meta.get("index", "auto"):
+        self._index: faiss.IndexIDMap2 | None = None
+        self._index_version: int | None = None  # the record version the loaded index shows
+        self._index_unsaved = False  # the loaded index differs from index.faiss
+        self._faces_changed = False  # this process added or deleted faces
+        self.index_kind = check_kind(index or self._meta("index") or "auto")
+        if self.index_kind != (self._meta("index") or "auto"):  # a new choice: kept, and applied at close
             with self._db:
                 self._db.execute("INSERT OR REPLACE INTO meta VALUES ('index', ?)", (self.index_kind,))
-        self.index = self._load_index()
+            self._index_unsaved = True
 
     # -- the FAISS index -------------------------------------------------------------------
+    def _meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def _record_version(self) -> int:
+        """A counter bumped by every transaction that adds or deletes faces (0 before the first)."""
+        return int(self._meta("record_version") or 0)
+
+    def _bump_record_version(self) -> None:
+        """Inside a write transaction: one more change to the faces."""
+        self._db.execute("INSERT INTO meta VALUES ('record_version', '1') "
+                         "ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1")
+
+    @property
+    def index(self) -> faiss.IndexIDMap2:
+        """The FAISS index over the embeddings (inner product, keyed by face id), read on first use."""
+        version = self._record_version()
+        if self._index is None or self._index_version != version:
+            self._index, self._index_version = self._load_index(version), version
+        return self._index
+
     def _new_index(self, ids: np.ndarray, vectors: np.ndarray) -> faiss.IndexIDMap2:
+        """The index of `index_kind` over these faces: exact, or IVF trained on them (see `search_index`)."""
         return build_index(vectors, ids, self.index_kind, dim=self.dim)
 
-    def _load_index(self) -> faiss.IndexIDMap2:
-        """Read `index.faiss` if it agrees with the record (same ids, same vectors), else rebuild it."""
-        self._index_changed = False
-        ids, vectors = self._all_embeddings()
+    def _load_index(self, version: int) -> faiss.IndexIDMap2:
+        """`index.faiss`, trusted if it was written at `version` and holds as many faces as the
+        record; else checked against the record (same ids, same vectors) and rebuilt if they differ."""
         index_file = self.path / INDEX
-        problem = None
-        if not index_file.exists():
-            problem = "missing" if len(ids) else None
-        else:
+        count = self._db.execute("SELECT COUNT(*) FROM faces").fetchone()[0]
+        index, problem = None, None
+        if index_file.exists():
             try:
                 index = faiss.read_index(str(index_file))
-                stored_ids = faiss.vector_to_array(index.id_map)
-                if not np.array_equal(stored_ids, ids):
-                    problem = f"holds {len(stored_ids)} faces, the record {len(ids)}"
-                elif len(ids) and not np.array_equal(index.index.reconstruct_n(0, len(ids)), vectors):
-                    problem = "vectors differ from the record"
-                elif needs_rebuild(index, self.index_kind):
-                    logger.info("%s: index is %s, the store asks for %s at %d faces; rebuilding it", index_file,
-                                describe(index), self.index_kind, len(ids))
-                    self._index_changed = True
-                else:
-                    return index
             except RuntimeError as error:
                 problem = f"unreadable ({str(error).splitlines()[0]})"
-        if problem:
-            logger.warning("%s: index %s; rebuilding it from the record (%d faces)", index_file, problem, len(ids))
-            self._index_changed = True
+        if index is not None and needs_rebuild(index, self.index_kind):  # another kind, or outgrown
+            logger.info("%s: index is %s, the store asks for %s at %d faces; rebuilding it", index_file,
+                        describe(index), self.index_kind, count)
+            self._index_unsaved = True
+            return self._new_index(*self._all_embeddings())
+        if index is not None and self._meta("index_version") == str(version) and index.ntotal == count:
+            return index
+        ids, vectors = self._all_embeddings()
+        if index is None and problem is None:
+            problem = "missing" if len(ids) else None
+        elif index is not None:
+            stored_ids = faiss.vector_to_array(index.id_map)
+            if not np.array_equal(stored_ids, ids):
+                problem = f"holds {len(stored_ids)} faces, the record {len(ids)}"
+            elif len(ids) and not np.array_equal(index.index.reconstruct_n(0, len(ids)), vectors):
+                problem = "vectors differ from the record"
+            else:
+                if self._record_version() == version:  # checked once: trusted from now on
+                    self._mark_index_saved(version)
+                return index
+        if problem:  # expected after this process changed the faces; news to a reader
+            logger.log(logging.DEBUG if self._faces_changed else logging.WARNING,
+                       "%s: index %s; rebuilding it from the record (%d faces)", index_file, problem, len(ids))
+        self._index_unsaved = self._index_unsaved or bool(problem)
         return self._new_index(ids, vectors)
 
+    def _mark_index_saved(self, version: int) -> None:
+        """Record that index.faiss shows the record at `version` (inside a transaction, or alone)."""
+        statement = "INSERT OR REPLACE INTO meta VALUES ('index_version', ?)"
+        if self._db.in_transaction:
+            self._db.execute(statement, (str(version),))
+            return
+        try:
+            with self._db:
+                self._db.execute(statement, (str(version),))
+        except sqlite3.OperationalError as error:  # a read-only store: checked again next time
+            logger.debug("%s: cannot record the index check (%s)", self.path, error)
+
     def save_index(self) -> None:
-        """Write the index atomically: a crash leaves the old file or the new one, never half.
-        An index that has outgrown its kind (see `search_index.needs_rebuild`) is rebuilt first."""
-        if needs_rebuild(self.index, self.index_kind):
-            self.index = self._new_index(*self._all_embeddings())
-        temporary = self.path / (INDEX + ".tmp")
-        faiss.write_index(self.index, str(temporary))
-        with open(temporary, "rb") as stream:
-            os.fsync(stream.fileno())
-        os.replace(temporary, self.path / INDEX)
+        """Bring `index.faiss` up to date with the record, writing it atomically (a crash leaves
+        the old file or the new one, never half) unless it already is. Other writers wait meanwhile."""
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")  # no other process changes the faces until the file is written
+            version = self._record_version()
+            index = self.index
+            if self._index_unsaved or self._meta("index_version") != str(version) or not (self.path / INDEX).exists():
+                temporary = self.path / f"{INDEX}.{os.getpid()}.tmp"
+                faiss.write_index(index, str(temporary))
+                with open(temporary, "rb") as stream:
+                    os.fsync(stream.fileno())
+                os.replace(temporary, self.path / INDEX)
+                self._mark_index_saved(version)
+        self._index_unsaved = False
 
     def _all_embeddings(self) -> tuple[np.ndarray, np.ndarray]:
         rows = self._db.execute("SELECT id, embedding FROM faces ORDER BY id").fetchall()
@@ -192,10 +270,11 @@ class EmbeddingStore:
         return ids, vectors
 
     # -- writing -----------------------------------------------------------------------------
-    def file_status(self, path: Path, size: int, mtime_ns: int) -> str | None:
-        """Status of this path if it was processed with this size and modification time, else None."""
-        row = self._db.execute("SELECT size, mtime_ns, status FROM files WHERE path = ?", (str(path),)).fetchone()
-        return row[2] if row is not None and tuple(row[:2]) == (size, mtime_ns) else None
+    def file_status(self, path: Path, size: int, mtime_ns: int) -> tuple[str, str | None] | None:
+        """(status, content SHA-256) of this path if it was processed with this size and
+        modification time, else None."""
+        row = self._db.execute("SELECT size, mtime_ns, status, sha256 FROM files WHERE path = ?", (str(path),)).fetchone()
+        return (row[2], row[3]) if row is not None and tuple(row[:2]) == (size, mtime_ns) else None
 
     def image_faces(self, sha256: str) -> int | None:
         """Number of faces stored for the image with this content, or None if it is not stored."""
@@ -203,8 +282,12 @@ class EmbeddingStore:
         return None if row is None else row[0]
 
     def add_image(self, sha256: str, width: int, height: int, faces: list[FaceDetection], embeddings: np.ndarray,
-                  features: np.ndarray) -> None:
-        """Record an image, its faces, their embeddings and features in one transaction; index them."""
+                  features: np.ndarray) -> bool:
+        """Record an image, its faces, their embeddings and features in one transaction.
+
+        Returns False, recording nothing, when the image is already stored (by another
+        process writing the same store, say). The index catches up when it is next used.
+        """
         embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
         features = np.ascontiguousarray(features, dtype=np.float32)
         if embeddings.shape != (len(faces), self.dim) or features.shape != (len(faces), self.feature_dim):
@@ -213,44 +296,102 @@ class EmbeddingStore:
                 f"got {embeddings.shape} and {features.shape}"
             )
         with self._db:
-            self._db.execute("BEGIN")
-            self._db.execute("INSERT INTO images VALUES (?, ?, ?, ?)", (sha256, width, height, len(faces)))
-            ids = []
+            self._db.execute("BEGIN IMMEDIATE")
+            inserted = self._db.execute("INSERT OR IGNORE INTO images VALUES (?, ?, ?, ?)",
+                                        (sha256, width, height, len(faces))).rowcount
+            if not inserted:
+                return False
             for face_index, (face, vector, feature) in enumerate(zip(faces, embeddings, features)):
-                cursor = self._db.execute(
+                self._db.execute(
                     "INSERT INTO faces (sha256, face_index, box, landmarks, score, method, embedding, features) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (sha256, face_index, np.asarray(face.box, np.float32).tobytes(), np.asarray(face.landmarks, np.float32).tobytes(),
                      face.score, face.method, vector.tobytes(), feature.tobytes()),
                 )
-                ids.append(cursor.lastrowid)
-        if ids:
-            self.index.add_with_ids(embeddings, np.array(ids, dtype=np.int64))
-            self._index_changed = True
+            if faces:
+                self._bump_record_version()
+                self._faces_changed = True
+        return True
 
     def add_file(self, path: Path, size: int | None, mtime_ns: int | None, sha256: str | None,
-                 status: str, *, kind: str | None = None, reason: str | None = None) -> None:
-        """Record where a file was seen and what became of it ('embedded', 'no_face' or 'error')."""
+                 status: str, *, kind: str | None = None, reason: str | None = None,
+                 label: FaceLabel | None = None, label_source: str = "") -> FaceLabel | None:
+        """Record where a file was seen and what became of it ('embedded', 'no_face' or 'error').
+
+        In the same transaction, `label` is attached to the file's content (see `set_label`);
+        without one, a file whose content changed carries its earlier content's label over
+        to the new content, if that has none. Returns the label `label` replaced, where different.
+        """
         with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            old = self._db.execute("SELECT sha256 FROM files WHERE path = ?", (str(path),)).fetchone()
             self._db.execute(
                 "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (str(path), size, mtime_ns, sha256, status, kind, reason),
             )
+            if sha256 is None or status == "error":
+                return None
+            if label is not None:
+                return self._set_label(sha256, label, label_source)
+            if old is not None and old[0] not in (None, sha256):
+                self._db.execute(
+                    f"INSERT OR IGNORE INTO labels SELECT ?, {LABEL_COLUMNS}, source FROM labels WHERE sha256 = ?",
+                    (sha256, old[0]))
+        return None
 
-    def set_label(self, sha256: str, label: FaceLabel, *, source: str) -> bool:
-        """Attach a label to an image; returns False if it replaced a different label."""
-        values = (label.age, label.gender, label.race, label.person, label.split, json.dumps(label.extra, sort_keys=True))
+    def set_label(self, sha256: str, label: FaceLabel, *, source: str) -> FaceLabel | None:
+        """Attach a label to an image, replacing its label if any; returns the replaced label where it differed."""
         with self._db:
-            old = self._db.execute(
-                "SELECT age, gender, race, person, split, extra FROM labels WHERE sha256 = ?", (sha256,)
-            ).fetchone()
-            self._db.execute("INSERT OR REPLACE INTO labels VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (sha256, *values, source))
-        return old is None or tuple(old) == values
+            self._db.execute("BEGIN IMMEDIATE")
+            return self._set_label(sha256, label, source)
+
+    def _set_label(self, sha256: str, label: FaceLabel, source: str) -> FaceLabel | None:
+        values = _label_values(label)
+        old = self._db.execute(f"SELECT {LABEL_COLUMNS} FROM labels WHERE sha256 = ?", (sha256,)).fetchone()
+        if old is not None and tuple(old) == values:
+            return None
+        self._db.execute("INSERT OR REPLACE INTO labels VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (sha256, *values, source))
+        return None if old is None else _label_of(old)
+
+    def label(self, sha256: str) -> FaceLabel | None:
+        """The label of the image with this content, or None."""
+        row = self._db.execute(f"SELECT {LABEL_COLUMNS} FROM labels WHERE sha256 = ?", (sha256,)).fetchone()
+        return None if row is None else _label_of(row)
+
+    def prune(self, *, missing_files: bool = True) -> dict:
+        """Forget what no longer counts: files no longer on disk (with ``missing_files``), then
+        images no file points at, with their faces and labels. Returns the counts removed.
+
+        Paths are checked as `embed` recorded them (relative ones from the current folder).
+        When none of the recorded files exists (a moved or unmounted folder, or another current
+        folder), nothing is removed and `StoreError` says so.
+        """
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            gone = []
+            if missing_files:
+                paths = [row[0] for row in self._db.execute("SELECT path FROM files")]
+                gone = [path for path in paths if not os.path.exists(path)]
+                if paths and len(gone) == len(paths):
+                    raise StoreError(f"{self.path}: none of the {len(paths)} recorded files exists from {os.getcwd()} "
+                                     f"(e.g. {paths[0]}); moved, unmounted, or relative to another folder? Nothing pruned")
+                self._db.executemany("DELETE FROM files WHERE path = ?", [(path,) for path in gone])
+            stale = f"(SELECT sha256 FROM images WHERE NOT {CURRENT})"
+            faces = self._db.execute(f"DELETE FROM faces WHERE sha256 IN {stale}").rowcount
+            images = self._db.execute(f"DELETE FROM images WHERE sha256 IN {stale}").rowcount
+            labels = self._db.execute("DELETE FROM labels WHERE sha256 NOT IN (SELECT sha256 FROM images)").rowcount
+            if faces:
+                self._bump_record_version()
+                self._faces_changed = True
+        return {"missing_files": len(gone), "images": images, "faces": faces, "labels": labels}
 
     def close(self) -> None:
-        """Save the index if it changed, and close the record."""
-        if self._index_changed:
-            self.save_index()
+        """Bring the index file up to date if the record changed, and close the record."""
+        if self._faces_changed or self._index_unsaved:
+            try:
+                self.save_index()
+            except sqlite3.OperationalError as error:  # a read-only store: the next reader rebuilds it
+                logger.warning("%s: index not saved (%s)", self.path, error)
         self._db.close()
 
     def __enter__(self) -> EmbeddingStore:
@@ -262,7 +403,7 @@ class EmbeddingStore:
     # -- reading -----------------------------------------------------------------------------
     def faces(self, *, split: str | None = None, labelled: bool = False, primary: bool = False,
               descriptor: str | None = None) -> FaceRecords:
-        """Faces with their labels, ordered by face id.
+        """Faces of the current images (those a file points at) with their labels, ordered by face id.
 
         Parameters
         ----------
@@ -274,10 +415,10 @@ class EmbeddingStore:
         primary : only the largest face of each image (face_index 0), the one a label describes.
         """
         query = """
-            SELECT f.id, f.sha256, (SELECT MIN(path) FROM files WHERE files.sha256 = f.sha256), f.face_index,
+            SELECT f.id, f.sha256, (SELECT MIN(path) FROM files WHERE files.sha256 = f.sha256) AS path, f.face_index,
                    f.embedding, f.features, f.score, f.method, l.age, l.gender, l.race, l.person, l.split,
                    f.box, f.landmarks
-            FROM faces f LEFT JOIN labels l ON l.sha256 = f.sha256 WHERE 1 = 1"""
+            FROM faces f LEFT JOIN labels l ON l.sha256 = f.sha256 WHERE path IS NOT NULL"""
         parameters: list = []
         if split is not None:
             query += " AND l.split = ?"
@@ -319,39 +460,102 @@ class EmbeddingStore:
             split=column(12, object, ""),
         )
 
-    def search(self, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        """The `k` most similar stored faces (cosine) to each query: (similarities, face ids), each (n, k)."""
+    def search(self, queries: np.ndarray, k: int = 10, *, among=None) -> tuple[np.ndarray, np.ndarray]:
+        """The `k` most similar stored faces (cosine) to each query: (similarities, face ids), each (n, k).
+
+        among : only these face ids (e.g. the labelled faces); missing neighbours have id -1.
+        """
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        if among is not None:
+            among = np.unique(np.asarray(among, dtype=np.int64))
+            excluded = self.index.ntotal - int(np.isin(faiss.vector_to_array(self.index.id_map), among).sum())
+            if excluded > MAX_OVERFETCH:  # FAISS filters while it searches: exact, but without BLAS (10x slower)
+                return self.index.search(queries, k, params=self._only(among, self.index))
+            if excluded:  # the k + excluded best hold the k best allowed ones: search those, drop the rest
+                similarities, face_ids = self.index.search(queries, min(k + excluded, self.index.ntotal))
+                allowed = np.isin(face_ids, among)
+                order = np.argsort(~allowed, axis=1, kind="stable")[:, :k]
+                similarities, face_ids = (np.take_along_axis(a, order, axis=1) for a in (similarities, face_ids))
+                missing = ~np.take_along_axis(allowed, order, axis=1)
+                face_ids[missing], similarities[missing] = -1, -np.inf
+                if face_ids.shape[1] < k:
+                    pad = ((0, 0), (0, k - face_ids.shape[1]))
+                    face_ids, similarities = np.pad(face_ids, pad, constant_values=-1), np.pad(similarities, pad, constant_values=-np.inf)
+                return similarities, face_ids
         index = self.index
         if hasattr(faiss, "index_cpu_to_gpu") and faiss.get_num_gpus() > 0:
             index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, self.index)
         return index.search(queries, k)
 
+    def range_search(self, queries: np.ndarray, threshold: float, *, among=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every stored face with cosine >= `threshold` to each query, as FAISS gives them:
+        (limits (n + 1,), similarities, face ids); the hits of query i are ``limits[i]:limits[i + 1]``.
+
+        among : only these face ids.
+        """
+        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        index = self.index
+        if index_kind(index) == "ivf":  # pairs this close need far fewer cells than nearest neighbours do
+            ivf = faiss.downcast_index(index.index)
+            nearest_neighbours_nprobe = ivf.nprobe
+            tune_for_range(index, self._all_embeddings()[1], threshold)
+            try:
+                limits, similarities, face_ids = index.range_search(queries, threshold)
+            finally:
+                ivf.nprobe = nearest_neighbours_nprobe
+        else:
+            limits, similarities, face_ids = index.range_search(queries, threshold)
+        if among is None:
+            return limits, similarities, face_ids
+        keep = np.isin(face_ids, np.asarray(among, dtype=np.int64))
+        kept_before = np.concatenate([[0], np.cumsum(keep)])  # hits kept before each position
+        return kept_before[limits.astype(np.int64)].astype(limits.dtype), similarities[keep], face_ids[keep]
+
+    @staticmethod
+    def _only(face_ids, index) -> faiss.SearchParameters:
+        selector = faiss.IDSelectorBatch(np.ascontiguousarray(face_ids, dtype=np.int64))
+        if index_kind(index) == "ivf":  # IVF takes its own parameters, nprobe among them
+            parameters = faiss.SearchParametersIVF(sel=selector, nprobe=faiss.downcast_index(index.index).nprobe)
+        else:
+            parameters = faiss.SearchParameters(sel=selector)
+        parameters.selector_alive = selector  # the SWIG wrapper does not keep it alive by itself
+        return parameters
+
     def summary(self) -> dict:
-        """Counts of what the store holds: images, faces, labels per split, files by status and reason."""
+        """Counts of what the store holds: current images (those a file points at), their faces
+        and labels per split, files by status and reason, and the images no file points at any
+        more (``stale_images``, left out of everything else; see `prune`). ``index_faces``
+        counts every face in the index, those of stale images too."""
         one = lambda query: self._db.execute(query).fetchone()[0]  # noqa: E731
+        # the stale images, listed once (a temporary table of this connection): every count leaves them out
+        self._db.execute("CREATE TEMP TABLE IF NOT EXISTS stale (sha256 TEXT PRIMARY KEY)")
+        self._db.execute("DELETE FROM temp.stale")
+        self._db.execute(f"INSERT INTO temp.stale SELECT sha256 FROM images WHERE NOT {CURRENT}")
+        current = "sha256 NOT IN temp.stale"
         return {
             "path": str(self.path),
             "model_sha256": self.model_sha256,
             "descriptor": self.descriptor,
-            "images": one("SELECT COUNT(*) FROM images"),
-            "images_with_faces": one("SELECT COUNT(*) FROM images WHERE n_faces > 0"),
-            "faces": one("SELECT COUNT(*) FROM faces"),
+            "images": one(f"SELECT COUNT(*) FROM images WHERE {current}"),
+            "images_with_faces": one(f"SELECT COUNT(*) FROM images WHERE n_faces > 0 AND {current}"),
+            "faces": one(f"SELECT COUNT(*) FROM faces WHERE {current}"),
+            "stale_images": one("SELECT COUNT(*) FROM temp.stale"),
             "index_faces": int(self.index.ntotal),
             "index": f"{describe(self.index)}, setting {self.index_kind}",
             "files": dict(self._db.execute("SELECT status, COUNT(*) FROM files GROUP BY status")),
             "errors_by_kind": dict(self._db.execute("SELECT kind, COUNT(*) FROM files WHERE status = 'error' GROUP BY kind")),
-            "faces_by_method": dict(self._db.execute("SELECT method, COUNT(*) FROM faces GROUP BY method")),
+            "faces_by_method": dict(self._db.execute(f"SELECT method, COUNT(*) FROM faces WHERE {current} GROUP BY method")),
             "labelled_images_by_split": {
                 (split or "none"): count
                 for split, count in self._db.execute(
-                    "SELECT split, COUNT(*) FROM labels WHERE sha256 IN (SELECT sha256 FROM images) GROUP BY split")
+                    f"SELECT split, COUNT(*) FROM labels WHERE sha256 IN (SELECT sha256 FROM images) AND {current} "
+                    "GROUP BY split")
             },
             "labelled_faces_by_split": {
                 (split or "none"): count
                 for split, count in self._db.execute(
                     "SELECT l.split, COUNT(*) FROM faces f JOIN labels l ON l.sha256 = f.sha256 "
-                    "WHERE f.face_index = 0 AND l.age IS NOT NULL GROUP BY l.split")
+                    f"WHERE f.face_index = 0 AND l.age IS NOT NULL AND f.{current} GROUP BY l.split")
             },
         }
 

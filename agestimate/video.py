@@ -1,39 +1,39 @@
-"""Video: ages and genders frame by frame, from a file or a webcam, with an annotated copy."""
+"""Video: ages and genders frame by frame, from a file or a webcam, faces tracked and smoothed
+along their tracks (see `agestimate.tracking`), with an annotated copy."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 
+from .calibration import DEFAULT_LEVEL
 from .drawing import draw_faces
 from .errors import ImageLoadError
-from .estimator import Estimator, Face
+from .estimator import Estimator, ImageResult
+from .tracking import FaceTracker
 
-VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
 
-
-@dataclass(frozen=True)
-class FrameResult:
-    """The faces of one frame; `analysed` is False when they were carried over from an earlier frame."""
-
-    frame: int
-    faces: list[Face]
-    analysed: bool
+def video_name(source) -> str:
+    """How results name a video: its path, or "webcam N" for a camera index."""
+    return f"webcam {source}" if isinstance(source, int) else str(source)
 
 
 def predict_video(source, estimator: Estimator, *, every: int = 1, annotate_to: str | Path | None = None,
-                  max_frames: int | None = None) -> Iterator[FrameResult]:
-    """Faces of each frame of a video file (path) or webcam (int index), lazily.
+                  max_frames: int | None = None, track: bool = True, interval: float = DEFAULT_LEVEL) -> Iterator[ImageResult]:
+    """Faces of each frame of a video file (path) or webcam (int index), lazily: one
+    `ImageResult` per frame, with `frame` set and `analysed` False for carried-over faces.
 
     Parameters
     ----------
-    every : analyse every `every`-th frame; the frames between show the last analysed faces
-        (boxes are not tracked: with faces that move fast, use 1).
+    every : analyse every `every`-th frame; the frames between show the last analysed faces,
+        their boxes moved by optical flow when tracking.
     annotate_to : write an annotated copy of the video here (MJPG .avi).
     max_frames : stop after this many frames (a webcam never ends by itself).
+    track : follow faces across frames (`Face.track`) and smooth their age and gender along
+        each track (`agestimate.tracking.FaceTracker`); False gives each frame's own estimates.
+    interval : level of the age intervals.
     """
     if every < 1:
         raise ValueError(f"every must be at least 1, got {every}")
@@ -41,22 +41,29 @@ def predict_video(source, estimator: Estimator, *, every: int = 1, annotate_to: 
     if not capture.isOpened():
         raise ImageLoadError(str(source), "cannot open the video (missing file, unknown format or no such camera)",
                              kind="unreadable")
-    writer, faces, index = None, [], 0
+    calibration = estimator.heads.calibration
+    tracker = FaceTracker(calibration and calibration.age, interval=interval) if track else None
+    name, writer, faces, index, gray = video_name(source), None, [], 0, None
     try:
         while max_frames is None or index < max_frames:
             ok, bgr = capture.read()
             if not ok:
                 break
             rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            previous_gray, gray = gray, cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY) if tracker else None
             analysed = index % every == 0
-            if analysed:
-                faces = estimator.predict(rgb)
+            if analysed and tracker:
+                faces = tracker.update(estimator.predict(rgb, return_embedding=True, interval=interval))
+            elif analysed:
+                faces = estimator.predict(rgb, interval=interval)
+            elif tracker:
+                faces = tracker.follow(previous_gray, gray)
             if annotate_to is not None:
                 if writer is None:
                     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
                     writer = cv2.VideoWriter(str(annotate_to), cv2.VideoWriter_fourcc(*"MJPG"), fps, (bgr.shape[1], bgr.shape[0]))
                 writer.write(cv2.cvtColor(draw_faces(rgb, faces), cv2.COLOR_RGB2BGR))
-            yield FrameResult(index, faces, analysed)
+            yield ImageResult(name, faces, frame=index, analysed=analysed)
             index += 1
     finally:
         capture.release()

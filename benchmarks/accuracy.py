@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from agestimate.labels import GENDER_NAMES
 from agestimate.metrics import summary
 
-GENDER_CODES = {"male": 0, "female": 1}
+GENDER_CODES = {name: code for code, name in enumerate(GENDER_NAMES)}
 
 
 def measured(rows: list[dict], labels: dict, images: int, age_key="age", gender_key="gender") -> dict:

@@ -78,7 +78,6 @@ def _job_alone(paths: list[Path], layouts: list[tuple[int, int]], cpus: int) -> 
 
     from agestimate.distributed import paths_dataset, score_dataset
     from agestimate.estimator import Estimator
-    from agestimate.predictions import prediction_rows
 
     began = time.perf_counter()
     ray.init(num_cpus=cpus, include_dashboard=False, logging_level="WARNING")
@@ -86,7 +85,7 @@ def _job_alone(paths: list[Path], layouts: list[tuple[int, int]], cpus: int) -> 
     result = {"ray_init_seconds": time.perf_counter() - began}
     began = time.perf_counter()
     estimator = Estimator()
-    rows = sum(len(list(prediction_rows(r))) for r in estimator.predict_batch(paths, batch_size=32))
+    rows = sum(len(result.summary()) for result in estimator.predict_batch(paths, batch_size=32))
     result["local"] = {"seconds": time.perf_counter() - began, "rows": rows}
     for actors, threads in layouts:
         began = time.perf_counter()  # a pool of the same actors scoring one image each: their startup

@@ -13,7 +13,8 @@
 
 Every runner scores the images `repeats` times after a warm-up on 10 images (except the CLI,
 which is a cold process each time) and returns the seconds of each repetition and, from the
-last one, the largest face of each image: faces found, age and gender.
+last one, the largest face of each image: faces found, age and gender. `interleaved` runs the
+tools in rounds, one repetition each, so that other load on the shared cores hits them alike.
 """
 
 from __future__ import annotations
@@ -43,10 +44,24 @@ def _timed_repeats(function, paths, repeats):
     return {"seconds": seconds, "results": results}
 
 
+def interleaved(runners: dict, rounds: int) -> dict:
+    """Each runner (a function returning a run of one repetition) once per round, `rounds` times;
+    a tool's runs are merged: the seconds of every round, the results of the last."""
+    runs = {}
+    for _ in range(rounds):
+        for tool, runner in runners.items():
+            run = runner()
+            if tool in runs:
+                run["seconds"] = runs[tool]["seconds"] + run["seconds"]
+            runs[tool] = run
+    return runs
+
+
 def agestimate_batch(paths: list[Path], repeats: int, **options) -> dict:
     """`Estimator(**options).predict_batch` (options such as `backend` or `model`)."""
     from agestimate.heads import AgeGenderHeads
-    from agestimate.estimator import EMBEDDING_MODEL, GENDERS, Estimator
+    from agestimate.estimator import EMBEDDING_MODEL, Estimator
+    from agestimate.labels import GENDER_NAMES
 
     estimator = Estimator(**options)
 
@@ -62,7 +77,7 @@ def agestimate_batch(paths: list[Path], repeats: int, **options) -> dict:
             row.update(age=faces[0].age, gender=faces[0].gender)
             outputs = embedding_heads.predict(faces[0].embedding[None])
             row.update(age_embedding_model=float(outputs.age[0]),
-                       gender_embedding_model=GENDERS[int(outputs.gender[0])])
+                       gender_embedding_model=GENDER_NAMES[int(outputs.gender[0])])
         results.append(row)
     return {"seconds": timed["seconds"], "results": results, "runtime": estimator.encoder.runtime.as_dict()}
 
@@ -100,7 +115,8 @@ def agestimate_cli(paths: list[Path], repeats: int) -> dict:
 def face_analysis(paths: list[Path], repeats: int) -> dict:
     from insightface.app import FaceAnalysis
 
-    from agestimate.models import default_providers, weight_path
+    from agestimate.models import weight_path
+    from agestimate.runtimes import default_providers
 
     with tempfile.TemporaryDirectory() as folder:  # insightface 2.1 takes a model folder as `name`
         for name in ("detector", "recognizer"):  # weight_path checks the pinned SHA-256

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from agestimate.metrics import DECADE_KEYS
+
 BEGIN = "<!-- benchmarks/run.py: begin (generated, do not edit by hand) -->"
 END = "<!-- benchmarks/run.py: end -->"
 DATA_NAMES = {"utkface_test": "UTKFace test split", "fgnet": "FG-NET (all 495)"}
 OURS = "agestimate predict_batch"
-DECADES = ["0_9", "10_19", "20_29", "30_39", "40_49", "50_59", "60_69", "70_79", "80_89", "90_99", "100plus"]
+DECADES = [key.removeprefix("mae_") for key in DECADE_KEYS]
 PUBLISHED = [
     ("MiVOLO (Kuprashevich & Tolstykh 2023), UTKFace", "4.23", "69.78", "97.69", "image transformer, fine-tuned"),
     ("RAPL paper, IR50+EVR+RAPL+GP, AgeDB test", "5.28", "58.53", "97.05", "fine-tuned IR50; other data"),

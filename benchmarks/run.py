@@ -89,13 +89,15 @@ def part_compare(args) -> dict:
 
     result = {}
     for name, (paths, labels) in data_sets(args.data, args.limit).items():
-        runs = {"agestimate predict_batch": end_to_end.agestimate_batch(paths, args.repeats),
-                "agestimate predict_batch, backend onnxruntime": end_to_end.agestimate_batch(
-                    paths, args.repeats, backend="onnxruntime"),
-                "agestimate predict_batch, flip model": end_to_end.agestimate_batch(paths, args.repeats, model="flip"),
-                "agestimate CLI": end_to_end.agestimate_cli(paths, args.repeats),
-                "insightface FaceAnalysis (det + rec)": end_to_end.face_analysis(paths, args.repeats),
-                f"{PEER_REQUIREMENT}": end_to_end.peer(paths, args.repeats, peer_python(args.peer_python))}
+        peer = peer_python(args.peer_python)
+        runs = end_to_end.interleaved({
+            "agestimate predict_batch": lambda: end_to_end.agestimate_batch(paths, 1),
+            "agestimate predict_batch, backend onnxruntime": lambda: end_to_end.agestimate_batch(
+                paths, 1, backend="onnxruntime"),
+            "agestimate predict_batch, flip model": lambda: end_to_end.agestimate_batch(paths, 1, model="flip"),
+            "agestimate CLI": lambda: end_to_end.agestimate_cli(paths, 1),
+            "insightface FaceAnalysis (det + rec)": lambda: end_to_end.face_analysis(paths, 1),
+            f"{PEER_REQUIREMENT}": lambda: end_to_end.peer(paths, 1, peer)}, args.repeats)
         result[name] = {"images": len(paths),
                         "speed": {tool: end_to_end.speed(run, len(paths)) for tool, run in runs.items()},
                         "runtimes": {tool: run["runtime"] for tool, run in runs.items() if "runtime" in run},

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import functools
-import glob
 import json
 import logging
 import sys
-from pathlib import Path
 
 import click
 
 from agestimate.descriptors import DEFAULT_DESCRIPTOR, Descriptor
-from agestimate.errors import AgestimateError, ImageLoadError
+from agestimate.errors import AgestimateError
+from agestimate.images import DEFAULT_MAX_PIXELS
 from agestimate.runtimes import BACKENDS, PRECISIONS
 from agestimate.search_index import INDEX_KINDS
 
@@ -97,7 +96,8 @@ def cli(verbose: int) -> None:
 @_fail_cleanly
 def embed(sources, store, labels, batch_size, crops, max_faces, det_size, det_thresh, descriptor, threads, backend,
           precision, index, engine, ray_address, actors, as_json):
-    """Embed every face in SOURCES (files and folders) into the store; resumable."""
+    """Embed every face in SOURCES (files, folders, globs) into the store; resumable. Labels
+    apply to new and already stored images alike."""
     engine_arguments = _engine_arguments(engine, ray_address, actors)
     if engine == "ray":
         from agestimate.distributed import embed as embed_sources
@@ -109,6 +109,10 @@ def embed(sources, store, labels, batch_size, crops, max_faces, det_size, det_th
         det_size=det_size, det_thresh=det_thresh, descriptor=descriptor, threads=threads, backend=backend,
         precision=precision, show_progress=True, index=index, **engine_arguments,
     )
+    for pattern in summary.unmatched:
+        click.echo(f"warning: no file matches {pattern}", err=True)
+    for _, reason in summary.label_problems + summary.label_conflicts:  # each reason names its file
+        click.echo(f"  {reason}", err=True)
     if as_json:
         click.echo(json.dumps(summary.as_dict(), indent=2))
         return
@@ -127,12 +131,13 @@ def embed(sources, store, labels, batch_size, crops, max_faces, det_size, det_th
         click.echo(f"errors, {kind}: {count}")
     for path, reason in summary.errors:
         click.echo(f"  {path}: {reason}", err=True)
+    if labels is not None:
+        click.echo(f"labels applied to {numbers['labelled']} files (new and already stored)")
     if summary.label_problems:
-        click.echo(f"label problems: {len(summary.label_problems)} (files embedded without a label)")
-        for _, reason in summary.label_problems:  # the reason names the file
-            click.echo(f"  {reason}", err=True)
+        click.echo(f"label problems: {len(summary.label_problems)} (files without a label, listed on stderr)")
     if summary.label_conflicts:
-        click.echo(f"label conflicts (same content, different labels; last one kept): {summary.label_conflicts}")
+        click.echo(f"label conflicts: {len(summary.label_conflicts)} (a new label replaced a different one of the same "
+                   f"content, listed on stderr)")
 
 
 @cli.command()
@@ -141,10 +146,18 @@ def embed(sources, store, labels, batch_size, crops, max_faces, det_size, det_th
 @click.option("--report", default=None, type=click.Path(file_okay=False),
               help="Write a data hygiene report here: histograms, duplicates, split leakage, label outliers.")
 @click.option("--threshold", default=0.9, show_default=True, help="Cosine of identity embeddings for near-duplicates.")
+@click.option("--prune", is_flag=True,
+              help="First forget files no longer on disk and images no file points at, with their faces and labels.")
 @_fail_cleanly
-def info(store, as_json, report, threshold):
+def info(store, as_json, report, threshold, prune):
     """Show what a store holds: images, faces, labels per split, errors by reason."""
     from agestimate.store import EmbeddingStore
+
+    if prune:
+        with EmbeddingStore(store) as db:
+            pruned = db.prune()
+        click.echo(f"pruned: {pruned['missing_files']} files no longer on disk, {pruned['images']} images no file "
+                   f"points at ({pruned['faces']} faces, {pruned['labels']} labels)", err=True)
 
     if report:
         from agestimate.hygiene import hygiene_report
@@ -173,7 +186,10 @@ def _head_options(epochs, seed, no_rapl, no_gender):
     changes = {"seed": seed, "use_rapl": not no_rapl, "use_gender": not no_gender}
     if epochs is not None:
         changes["epochs"] = epochs
-    return HeadOptions(**changes)
+    try:
+        return HeadOptions(**changes)
+    except ValueError as error:  # e.g. RAPL with --epochs 1
+        raise click.UsageError(f"{error}{'; or train without RAPL: --no-rapl' if 'RAPL' in str(error) else ''}") from error
 
 
 def _print_metrics(metrics: dict, as_json: bool) -> None:
@@ -230,14 +246,16 @@ def train(store, out, descriptor, epochs, seed, no_rapl, no_gender, device, augm
 @training_options
 @click.option("--json", "as_json", is_flag=True, help="Print a flat JSON object.")
 @click.option("--report", default=None, type=click.Path(file_okay=False), help="Write report.md, metrics.json and plots here.")
-@click.option("--exclude-near-duplicates", "exclude_threshold", type=float, default=None,
+@click.option("--exclude-near-duplicates", type=float, default=None,
               help="Also measure without the faces that have a near-duplicate (identity cosine >= this) in the train split.")
 @_fail_cleanly
 def evaluate(store, model, split, protocol, descriptor, epochs, seed, no_rapl, no_gender, device, augment_with, as_json,
-             report, exclude_threshold):
+             report, exclude_near_duplicates):
     """Measure a model on a store: MAE, CS@5, 1CoA, gender accuracy, per-group MAE."""
     if protocol == "split" and (descriptor or epochs or no_rapl or no_gender or device or augment_with != "none"):
         raise click.UsageError("--descriptor, --epochs, --no-rapl, --no-gender, --device and --augment apply to --protocol lopo only")
+    if protocol == "lopo" and (model or exclude_near_duplicates is not None or split != "test"):
+        raise click.UsageError("--model, --split and --exclude-near-duplicates apply to --protocol split only")
     if protocol == "lopo":
         options = _head_options(epochs, seed, no_rapl, no_gender)
         from agestimate.training.protocols import leave_one_person_out
@@ -249,9 +267,7 @@ def evaluate(store, model, split, protocol, descriptor, epochs, seed, no_rapl, n
             raise click.UsageError("--model is required unless --protocol lopo")
         from agestimate.evaluation import evaluate as evaluate_model
 
-        result = evaluate_model(model, store, split=split)
-        if exclude_threshold is not None:
-            result = _without_near_duplicates(result, store, exclude_threshold)
+        result = evaluate_model(model, store, split=split, exclude_near_duplicates=exclude_near_duplicates)
     _print_metrics(result.metrics, as_json)
     if report:
         from agestimate.report import write_report
@@ -259,20 +275,32 @@ def evaluate(store, model, split, protocol, descriptor, epochs, seed, no_rapl, n
         write_report(result, report, title=f"agestimate eval: {store}", command=" ".join(sys.argv))
 
 
-def _without_near_duplicates(result, store, threshold):
-    """The evaluation restricted to faces with no near-duplicate in the train split; both MAEs in the metrics."""
-    import numpy as np
+@cli.command()
+@click.option("--model", required=True, type=click.Path(file_okay=False, exists=True),
+              help="Model folder; its model.json receives the calibration.")
+@click.option("--store", "stores", required=True, multiple=True, type=click.Path(file_okay=False),
+              help="Store with labelled faces the model was not trained on; repeat to pool stores.")
+@click.option("--split", "splits", multiple=True,
+              help="Split of the faces: one for every --store, or one per --store in order (default: val; all: every face).")
+@click.option("--json", "as_json", is_flag=True, help="Print the calibration as JSON.")
+@_fail_cleanly
+def calibrate(model, stores, splits, as_json):
+    """Fit the model's age intervals (conformal) and gender temperature on held-out labelled faces.
+    `train` already does it on the val split; use this for older models or your own photos."""
+    from agestimate.calibration import calibrate as calibrate_model
 
-    from agestimate.evaluation import labelled_faces, measure
-    from agestimate.hygiene import leaking_test_faces
-
-    everything, _ = labelled_faces(store, "emb")
-    leaking = set(everything.face_id[leaking_test_faces(everything, threshold=threshold)].tolist())
-    keep = ~np.isin(result.records.face_id, list(leaking))
-    clean = measure(result.records.subset(keep), result.predicted_age[keep], result.predicted_gender[keep])
-    clean.metrics.update({"excluded_near_duplicates": int((~keep).sum()), "near_duplicate_threshold": threshold,
-                          "mae_with_near_duplicates": result.metrics["mae"], "cs5_with_near_duplicates": result.metrics["cs5"]})
-    return clean
+    splits = splits or ("val",)
+    if len(splits) not in (1, len(stores)):
+        raise click.UsageError(f"give one --split, or one per --store ({len(stores)}), not {len(splits)}")
+    sources = list(zip(stores, splits if len(splits) > 1 else splits * len(stores)))
+    calibration = calibrate_model(model, sources)
+    if as_json:
+        click.echo(json.dumps(calibration.to_dict(), indent=2))
+        return
+    temperature = "none (no gender head)" if calibration.gender is None else f"{calibration.gender.temperature:.3f}"
+    click.echo(f"calibrated {model} on {calibration.source['faces']} faces: age groups split at predicted ages "
+               f"{list(calibration.age.group_edges)} ({[len(scores) for scores in calibration.age.scores]} faces), "
+               f"gender temperature {temperature}")
 
 
 @cli.command()
@@ -300,32 +328,14 @@ def ablation(store, descriptor, seeds, epochs, device, as_json):
                    f"{cell('mae_60plus')} | {row['seconds']:.0f} |")
 
 
-def _expand_sources(sources, recursive: bool) -> list[Path]:
-    """Files as given, folders (recursively with --recursive), and glob patterns, in order."""
-    from agestimate.embedding import IMAGE_SUFFIXES
-
-    paths = []
-    for source in sources:
-        if any(character in source for character in "*?["):
-            matches = sorted(glob.glob(source, recursive=recursive))
-            if not matches:
-                click.echo(f"warning: no file matches {source}", err=True)
-            paths += [Path(match) for match in matches if not Path(match).is_dir()]
-        elif Path(source).is_dir():
-            pattern = "**/*" if recursive else "*"
-            paths += sorted(p for p in Path(source).glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        else:
-            paths.append(Path(source))
-    return paths
-
-
 @cli.command()
 @click.argument("sources", nargs=-1)
 @click.option("--model", default=None, type=click.Path(file_okay=False),
               help="Model folder, or a shipped model: default (one recogniser pass), flip (two, mirrored), embedding.")
 @click.option("--out", default=None, type=click.Path(), help="FILE.csv, FILE.jsonl or FOLDER.parquet (default: CSV on stdout); "
               "an existing one is resumed: its images are skipped.")
-@click.option("--annotate", default=None, type=click.Path(file_okay=False), help="Write annotated images into this folder.")
+@click.option("--annotate", default=None, type=click.Path(file_okay=False),
+              help="Write annotated copies into this folder, each input under its own path.")
 @click.option("--recursive", is_flag=True, help="Walk folders recursively (and ** in globs).")
 @click.option("--max-faces", type=int, default=None, help="At most N faces per image, largest first.")
 @click.option("--crops", is_flag=True, help="Inputs are tight face crops (see `embed --crops`).")
@@ -334,21 +344,27 @@ def _expand_sources(sources, recursive: bool) -> list[Path]:
 @click.option("--webcam", type=int, default=None, help="Read this camera (index) instead of SOURCES.")
 @click.option("--every", default=1, show_default=True, help="Videos: analyse every N-th frame, carry faces over between.")
 @click.option("--max-frames", type=int, default=None, help="Videos: stop after N frames.")
+@click.option("--interval", default=0.8, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Level of the age interval (columns age_low, age_high).")
+@click.option("--neighbours", "neighbours_store", default=None, type=click.Path(file_okay=False, exists=True),
+              help="Store whose nearest labelled faces are listed per face (column neighbours).")
+@click.option("--k", default=5, show_default=True, type=click.IntRange(min=1), help="Neighbours per face.")
 @runtime_options
 @engine_options
 @_fail_cleanly
 def predict(sources, model, out, annotate, recursive, max_faces, crops, batch_size, threads, webcam, every, max_frames,
-            backend, precision, engine, ray_address, actors):
+            interval, neighbours_store, k, backend, precision, engine, ray_address, actors):
     """Age and gender of every face in SOURCES (files, folders, globs, videos): one row per face,
-    and one row with the reason for each image with no face or an error. Videos (.mp4, .avi, ...)
-    and --webcam give one row per face per frame, and an annotated .avi with --annotate."""
+    and one row with the reason for each image or frame with no face or an error. Videos (.mp4,
+    .avi, ...) and --webcam give one row per face per frame, faces tracked and smoothed along
+    their track (column track), and an annotated .avi with --annotate."""
     import time
     from collections import Counter
 
     from agestimate.estimator import Estimator
-    from agestimate.predictions import PredictionWriter, check_output, prediction_rows
-
-    from agestimate.video import VIDEO_SUFFIXES
+    from agestimate.predictions import PredictionWriter, check_output
+    from agestimate.sources import expand_sources, predict_sources
+    from agestimate.video import video_name
 
     if not sources and webcam is None:
         raise click.UsageError("give SOURCES or --webcam")
@@ -357,50 +373,72 @@ def predict(sources, model, out, annotate, recursive, max_faces, crops, batch_si
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--out") from error
     _engine_arguments(engine, ray_address, actors)  # refuses Ray options without --engine ray
+    found = expand_sources(sources, recursive=recursive)
+    for pattern in found.unmatched:
+        click.echo(f"warning: no file matches {pattern}", err=True)
     if engine == "ray":
-        return _predict_on_ray(sources, recursive, webcam, annotate, out, model, batch_size, ray_address, actors, threads,
-                               max_faces, crops, backend, precision)
-    paths = _expand_sources(sources, recursive)
-    videos = [p for p in paths if p.suffix.lower() in VIDEO_SUFFIXES] + ([webcam] if webcam is not None else [])
-    paths = [p for p in paths if p.suffix.lower() not in VIDEO_SUFFIXES]
+        if webcam is not None or annotate or neighbours_store or found.videos:
+            raise click.UsageError("--engine ray scores image files; videos, --webcam, --annotate and --neighbours "
+                                   "run with --engine local")
+        return _predict_on_ray(found.images, out, model, batch_size, ray_address, actors, threads, max_faces, crops,
+                               interval, backend, precision)
     estimator = Estimator(model, max_faces=max_faces, crops=crops, threads=threads, backend=backend, precision=precision)
-    counts, started = Counter(), time.perf_counter()
-    with PredictionWriter(out) as writer:
-        if writer.scored:
-            paths, videos = ([p for p in group if str(p) not in writer.scored] for group in (paths, videos))
-            click.echo(f"{out}: {len(writer.scored)} images already scored, skipped (delete it to score them again)", err=True)
-        emit = lambda row: writer.write([row])  # noqa: E731
-        for result in estimator.predict_batch(paths, batch_size=batch_size, show_progress=True):
-            counts["images"] += 1
+    writer = PredictionWriter(out)
+    if writer.scored:
+        found.images = [path for path in found.images if str(path) not in writer.scored]
+        found.videos = [path for path in found.videos if video_name(path) not in writer.scored]
+        click.echo(f"{out}: {len(writer.scored)} images and videos already scored, skipped (delete it to score them "
+                   "again)", err=True)
+    videos = {video_name(video) for video in found.videos + ([webcam] if webcam is not None else [])}
+    counts, video_times, started = Counter(), {}, time.perf_counter()
+    neighbours = None
+    if neighbours_store:
+        from agestimate.neighbours import StoreNeighbours
+
+        neighbours = StoreNeighbours(neighbours_store)
+    try:
+        last = started
+        for result in predict_sources(found, estimator=estimator, webcam=webcam, batch_size=batch_size, every=every,
+                                      max_frames=max_frames, annotate=annotate, show_progress=True, interval=interval,
+                                      return_embedding=neighbours is not None):
+            evidence = neighbours(result.faces, k=k) if neighbours is not None and result.frame is None else None
+            rows = result.summary()
+            for row in rows:
+                if evidence is not None and "face" in row:
+                    row["neighbours"] = [neighbour.to_dict() for neighbour in evidence[row["face"]]]
+            writer.write(rows)
+            counts["frames" if result.frame is not None else "videos" if result.source in videos else "images"] += 1
             counts["faces"] += len(result.faces)
             counts["no face" if result.ok and not result.faces else result.error_kind or "ok"] += 1
-            writer.write(prediction_rows(result))
-            if annotate and result.faces:
-                _write_annotated(result, Path(annotate))
-        for video in videos:
-            _predict_video(video, estimator, emit, annotate, every, max_frames, counts)
+            now = time.perf_counter()
+            if result.frame is not None:  # frames of a video, from the end of what came before it
+                frames, first, _ = video_times.get(result.source, (0, last, last))
+                video_times[result.source] = (frames + 1, first, now)
+            last = now
+    finally:
+        writer.close()
+        if neighbours is not None:
+            neighbours.close()
     seconds = time.perf_counter() - started
-    errors = {kind: n for kind, n in counts.items() if kind not in ("images", "faces", "ok", "no face", "frames")}
-    click.echo(f"{counts['images']} images, {counts['faces']} faces, {counts['no face']} without a face, "
-               f"errors: {errors or 'none'}; {counts['images'] / max(seconds, 1e-9):.1f} images/s "
+    for name, (frames, first, end) in video_times.items():
+        took = end - first
+        click.echo(f"{name}: {frames} frames in {took:.1f} s, {frames / max(took, 1e-9):.1f} frames/s "
+                   f"(every {every}. frame analysed)", err=True)
+    errors = {kind: n for kind, n in counts.items() if kind not in ("images", "videos", "frames", "faces", "ok", "no face")}
+    ignored = f", {len(found.ignored)} other files ignored" if found.ignored else ""
+    click.echo(f"{counts['images']} images, {counts['frames']} video frames, {counts['faces']} faces, "
+               f"{counts['no face']} images or frames without a face, errors: {errors or 'none'}{ignored}; "
+               f"{(counts['images'] + counts['frames']) / max(seconds, 1e-9):.1f} images/s, frames included "
                f"({estimator.encoder.runtime.backend} {estimator.encoder.runtime.precision})", err=True)
 
 
-def _predict_on_ray(sources, recursive, webcam, annotate, out, model, batch_size, ray_address, actors, threads, max_faces,
-                    crops, backend, precision) -> None:
-    from agestimate.distributed import predict as predict_on_ray, read_path_list
-    from agestimate.video import VIDEO_SUFFIXES
+def _predict_on_ray(paths, out, model, batch_size, ray_address, actors, threads, max_faces, crops, interval, backend,
+                    precision) -> None:
+    from agestimate.distributed import predict as predict_on_ray
 
-    if webcam is not None or annotate:
-        raise click.UsageError("--engine ray scores image files; --webcam and --annotate run with --engine local")
-    paths = []
-    for source in sources:
-        paths += read_path_list(source) if source.endswith(".parquet") else _expand_sources([source], recursive)
-    videos = [p for p in paths if Path(p).suffix.lower() in VIDEO_SUFFIXES]
-    if videos:
-        raise click.UsageError(f"--engine ray scores images, and {videos[0]} is a video: score videos with --engine local")
     summary = predict_on_ray(paths, out=out, model=model, batch_size=batch_size, ray_address=ray_address, actors=actors,
-                             threads=threads, max_faces=max_faces, crops=crops, backend=backend, precision=precision)
+                             threads=threads, max_faces=max_faces, crops=crops, interval=interval, backend=backend,
+                             precision=precision)
     if summary["skipped"]:
         click.echo(f"{out}: {summary['skipped']} images already scored, skipped (delete it to score them again)", err=True)
     click.echo(f"{summary['images']} images, {summary['faces']} faces, {summary['no_face']} without a face, "
@@ -408,41 +446,30 @@ def _predict_on_ray(sources, recursive, webcam, annotate, out, model, batch_size
                f"(ray, {summary['actors']} actors)", err=True)
 
 
-def _predict_video(video, estimator, emit, annotate, every, max_frames, counts) -> None:
-    import time
-
-    from agestimate.estimator import ImageResult
-    from agestimate.predictions import prediction_rows
-    from agestimate.video import predict_video
-
-    name = f"webcam {video}" if isinstance(video, int) else str(video)
-    target = None
-    if annotate:
-        Path(annotate).mkdir(parents=True, exist_ok=True)
-        target = Path(annotate) / ((f"webcam{video}" if isinstance(video, int) else Path(video).stem) + ".avi")
-    started, frames = time.perf_counter(), 0
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", default=8000, show_default=True)
+@click.option("--model", default=None, type=click.Path(file_okay=False),
+              help="Model folder, or a shipped model: default, flip, embedding.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Processes, each with its own model and queue.")
+@click.option("--max-faces", type=int, default=None, help="At most N faces per image, largest first.")
+@click.option("--threads", type=int, default=None, help="Inference threads per worker (default: cores / workers).")
+@click.option("--max-upload-mb", default=20.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Larger uploads are answered 413.")
+@click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(min=1),
+              help="Larger images are answered 413, before they are decoded.")
+@click.option("--queue-size", default=16, show_default=True, type=click.IntRange(min=1),
+              help="Requests in work per worker; more are answered 503 at once.")
+@runtime_options
+@_fail_cleanly
+def serve(host, port, model, workers, max_faces, threads, max_upload_mb, max_pixels, queue_size, backend, precision):
+    """Serve the HTTP API (POST /v1/predict, /v1/annotate; docs at /docs) and a web page at /;
+    needs the serve extra."""
     try:
-        for frame in predict_video(video, estimator, every=every, annotate_to=target, max_frames=max_frames):
-            frames += 1
-            for index, face in enumerate(frame.faces):
-                row = next(prediction_rows(ImageResult(name, [face])))
-                emit({**row, "frame": frame.frame, "face": index})
-    except ImageLoadError as error:  # one unreadable video does not stop the batch
-        emit({"file": name, "error": error.reason})
-        counts[error.kind] += 1
-        return
-    seconds = time.perf_counter() - started
-    counts["frames"] += frames
-    click.echo(f"{name}: {frames} frames in {seconds:.1f} s, {frames / max(seconds, 1e-9):.1f} frames/s "
-               f"(every {every}. frame analysed)", err=True)
+        from agestimate.serve import serve as run_server
+    except ImportError as error:
+        raise click.ClickException(f"serving needs the serve extra: pip install 'agestimate[serve]' ({error})") from error
 
-
-def _write_annotated(result, folder: Path) -> None:
-    import cv2
-
-    from agestimate.drawing import draw_faces
-    from agestimate.images import load_image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    drawn = draw_faces(load_image(result.source), result.faces)
-    cv2.imwrite(str(folder / (Path(result.source).stem + ".jpg")), cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
+    run_server(model, host=host, port=port, workers=workers, backend=backend, precision=precision, threads=threads,
+               max_faces=max_faces, max_upload_mb=max_upload_mb, max_pixels=max_pixels, queue_size=queue_size)

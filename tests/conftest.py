@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 FIXTURES = Path(__file__).parent / "fixtures"
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# ../shared/data beside the checkout (or beside a folder above it, for git worktrees)
+SHARED_DATA = next((folder / "shared" / "data" for folder in Path(__file__).resolve().parents[1:]
+                    if (folder / "shared" / "data").is_dir()), Path(__file__).resolve().parents[1].parent / "shared" / "data")
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
 import json
 
 from click.testing import CliRunner
+from PIL import Image
 
 from agestimate.cli.main import cli
 from agestimate.store import EmbeddingStore
@@ -56,3 +57,53 @@ def test_human_summary_and_fatal_errors(face_folder, tmp_path):
     assert "16 embedded" in result.stdout and "images/s" in result.stdout
     missing = run("info", "--store", tmp_path / "nowhere")
     assert missing.exit_code == 1 and "no embedding store here" in missing.output
+
+
+def test_labels_given_later_apply_to_images_already_stored(face_folder, tmp_path):
+    store = tmp_path / "store"
+    run("embed", face_folder, "--store", store)
+    second = json.loads(run("embed", face_folder, "--labels", "utkface", "--store", store, "--json").stdout)
+    assert second["already_stored"] == 16 and second["labelled"] == 16 and second["label_conflicts"] == 0
+    with EmbeddingStore(store) as db:
+        labelled = db.faces(labelled=True, primary=True)
+    assert len(labelled) == 16
+    assert all(age == float(path.rsplit("/", 1)[1].split("_")[0]) for path, age in zip(labelled.path, labelled.age))
+
+
+def test_a_different_label_for_stored_content_is_reported_and_kept(face_folder, tmp_path):
+    store, names = tmp_path / "store", sorted(p.name for p in face_folder.iterdir())
+    csv = tmp_path / "labels.csv"
+    csv.write_text("path,age,split\n" + "".join(f"faces/{name},{20 + i},train\n" for i, name in enumerate(names)))
+    run("embed", face_folder, "--labels", csv, "--store", store)
+    csv.write_text(csv.read_text().replace(f"faces/{names[3]},23,", f"faces/{names[3]},33,"))
+    again = run("embed", face_folder, "--labels", csv, "--store", store)
+    assert "label conflicts: 1" in again.stdout
+    assert f"{names[3]}: label (age 33, split train) replaces (age 23, split train)" in again.stderr
+    with EmbeddingStore(store) as db:
+        labelled = db.faces(labelled=True, primary=True)
+    assert labelled.age[[path.endswith(names[3]) for path in labelled.path]].tolist() == [33]
+
+
+def test_changed_and_removed_files_leave_training_and_prune_forgets_them(face_folder, tmp_path):
+    store = tmp_path / "store"
+    run("embed", face_folder, "--labels", "utkface", "--store", store)
+    changed, removed = sorted(face_folder.glob("*.jpg"))[:2]
+    Image.open(changed).rotate(10).save(changed, quality=90)  # new content under the same name
+    removed.unlink()
+    summary = json.loads(run("embed", face_folder, "--labels", "utkface", "--store", store, "--json").stdout)
+    assert summary["files"] == 15 and summary["embedded"] == 1 and summary["already_stored"] == 14
+    info = json.loads(run("info", "--store", store, "--json").stdout)
+    # the removed file is still recorded (the store cannot tell it from an unmounted disk) until pruned
+    assert info["images"] == 16 and info["stale_images"] == 1 and info["labelled_faces_by_split"] == {"none": 16}
+    with EmbeddingStore(store) as db:
+        current = db.faces(labelled=True, primary=True)
+    assert len(current) == 16 and len(set(current.sha256)) == 16  # the old content of `changed` is left out
+    pruned = run("info", "--store", store, "--prune", "--json")
+    assert "1 files no longer on disk, 2 images no file points at (2 faces, 2 labels)" in pruned.stderr
+    info = json.loads(pruned.stdout)
+    assert info["images"] == 15 and info["stale_images"] == 0 and info["faces"] == info["index_faces"]
+
+
+def test_embed_takes_glob_patterns_like_predict(face_folder, tmp_path):
+    summary = json.loads(run("embed", f"{face_folder}/25_*", "--store", tmp_path / "s", "--json").stdout)
+    assert summary["files"] == 10 and summary["embedded"] == 10 and summary["errors"] == 0

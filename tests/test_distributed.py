@@ -55,7 +55,7 @@ def csv_rows(path):
 def parquet_rows(path):
     import pyarrow.parquet as pq
 
-    return [{k: str(v) for k, v in row.items()} for row in table_rows(pq.read_table(path))]
+    return [{k: str(v) for k, v in row.items() if v is not None} for row in table_rows(pq.read_table(path))]
 
 
 def assert_same_rows(ours, theirs):

@@ -79,3 +79,44 @@ def test_bad_sources_come_back_as_errors_in_order(encoder, tmp_path):
     assert results[1].error.kind == "not an image" and "bad.jpg" in str(results[1].error)
     assert np.array_equal(results[0].embeddings, results[2].embeddings)
     assert results[0].features.shape == (1, encoder.descriptor.dim)
+
+
+def first_results(batches, count, seconds):
+    """The first `count` items of `batches`, or as many as came within `seconds`."""
+    import threading
+
+    got = []
+
+    def consume():
+        for item in batches:
+            got.append(item)
+            if len(got) == count:
+                return
+
+    worker = threading.Thread(target=consume, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    return got
+
+
+def test_a_stalled_faceless_stream_still_yields_what_it_has(encoder):
+    """A camera that has given 3 empty frames and waits for the next: the 3 come out now,
+    not when a batch of faces is full."""
+    import threading
+
+    import agestimate
+
+    released = threading.Event()
+
+    def camera():
+        for _ in range(3):
+            yield np.full((96, 128, 3), 120, np.uint8)
+        released.wait(30)
+
+    try:
+        encoded = first_results(encoder.encode_batch(camera(), batch_size=64), 3, seconds=10)
+        predicted = first_results(agestimate.predict_batch(camera(), batch_size=32), 3, seconds=20)
+    finally:
+        released.set()
+    assert [len(result.faces) for result in encoded] == [0, 0, 0]
+    assert [(result.ok, result.faces) for result in predicted] == [(True, [])] * 3

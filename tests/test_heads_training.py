@@ -153,7 +153,8 @@ def test_onnx_heads_match_torch(fitted, model_dir):
     np.testing.assert_allclose(out.gender_prob_female, female, atol=1e-5)
     position_probs = torch.softmax(reference["position_logits"], dim=1).numpy()
     np.testing.assert_allclose(out.position_age, fitted.position_ages[position_probs.argmax(axis=1)])
-    assert out.confidence.shape == (len(X),) and ((out.confidence >= 0) & (out.confidence <= 1)).all()
+    within = np.abs(out.age[:, None] - fitted.position_ages[None, :]) <= 3  # Eq. 12 per face, t = 3 years
+    np.testing.assert_allclose(out.confidence, (position_probs * within).sum(axis=1), atol=1e-4)
     expected_spread = np.sqrt((out.age_probs * (heads.age_labels - out.age[:, None]) ** 2).sum(axis=1))
     np.testing.assert_allclose(out.age_spread, expected_spread, atol=1e-2)
     assert set(np.unique(out.gender)) <= {0, 1}

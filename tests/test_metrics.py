@@ -64,8 +64,10 @@ def test_summary_keys_and_values():
     assert result["mae_10_19"] == pytest.approx(2.0)
     assert result["mae_0_9"] is None and result["mae_100plus"] is None
     assert result["gender_accuracy"] == pytest.approx(2 / 3)
-    for key in ("one_off_adience8", "exact_adience8", "one_off_bins5", "exact_bins5"):
-        assert 0.0 <= result[key] <= 1.0
+    # groups of true/predicted age: Adience-8 2/2 3/3 7/7 7/7, 5-year 2/2 4/4 13/12 15/17, 10-year 1/1 2/2 6/6 7/8
+    expected = {"one_off_adience8": 1.0, "exact_adience8": 1.0, "one_off_bins5": 0.75, "exact_bins5": 0.5,
+                "one_off_bins10": 1.0, "exact_bins10": 0.75}
+    assert {key: result[key] for key in expected} == expected
 
 
 def test_summary_unknowns_are_none():

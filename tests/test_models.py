@@ -3,7 +3,8 @@ import shutil
 import pytest
 
 from agestimate.errors import ModelFileError
-from agestimate.models import REGISTRY, default_providers, load_model, weight_path, weights_dir
+from agestimate.models import REGISTRY, load_model, weight_path, weights_dir
+from agestimate.runtimes import default_providers
 
 
 def test_weights_are_found_in_the_installed_package_and_match_their_pins():

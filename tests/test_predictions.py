@@ -8,17 +8,25 @@ import pytest
 from agestimate.errors import AgestimateError
 from agestimate.predictions import PREDICTION_COLUMNS, PredictionWriter, table_rows
 
+FACE_COLUMNS = [name for name in PREDICTION_COLUMNS if name not in ("neighbours", "error")]
+
+
+def face(file, index, **values):
+    """A face row as `ImageResult.summary` gives it: every face column, unknown ones None."""
+    return {**dict.fromkeys(FACE_COLUMNS), "file": file, "face": index, **values}
+
+
 IMAGES = {
-    "a.jpg": [{"file": "a.jpg", "face": 0, "age": 31.5, "gender": "male"}, {"file": "a.jpg", "face": 1, "age": 8.25}],
-    "b.jpg": [{"file": "b.jpg", "error": "no face"}],
-    "c.jpg": [{"file": "c.jpg", "error": "empty file (0 bytes)"}],
-    "d.jpg": [{"file": "d.jpg", "face": 0, "age": 60.0}, {"file": "d.jpg", "face": 1, "age": 61.0}],
+    "a.jpg": [face("a.jpg", 0, age=31.5, gender="male", age_low=25.0), face("a.jpg", 1, age=8.25)],
+    "b.jpg": [{"file": "b.jpg", "frame": None, "error": "no face"}],
+    "c.jpg": [{"file": "c.jpg", "frame": None, "error": "empty file (0 bytes)"}],
+    "d.jpg": [face("d.jpg", 0, age=60.0, neighbours=[{"file": "x.jpg", "age": 61.0}]), face("d.jpg", 1, age=61.0)],
 }
 
 
 def read_rows(out):
     if out.suffix == ".csv":
-        return [{k: v for k, v in row.items() if v != ""} for row in csv.DictReader(out.open())]
+        return list(csv.DictReader(out.open()))
     if out.suffix == ".jsonl":
         return [json.loads(line) for line in out.read_text().splitlines()]
     import pyarrow.parquet as pq
@@ -27,7 +35,9 @@ def read_rows(out):
 
 
 def as_text(rows):
-    return [{k: str(v) for k, v in row.items()} for row in rows]
+    """Rows as CSV shows them: None as nothing, neighbours as JSON."""
+    text = lambda k, v: json.dumps(v) if k == "neighbours" and not isinstance(v, str) else str(v)  # noqa: E731
+    return [{k: text(k, v) for k, v in row.items() if v is not None and v != ""} for row in rows]
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
@@ -39,6 +49,8 @@ def test_rows_round_trip_and_a_rerun_skips_what_is_there(tmp_path, suffix):
             writer.write(rows)
     expected = [row for rows in IMAGES.values() for row in rows]
     assert as_text(read_rows(out)) == as_text(expected)
+    if suffix != ".csv":  # JSON Lines and Parquet give back the very rows
+        assert read_rows(out) == expected
     with PredictionWriter(out) as writer:
         # Parquet parts are written whole; lines may end mid-image, so the last image is scored again
         assert writer.scored == (set(IMAGES) if suffix == ".parquet" else set(IMAGES) - {"d.jpg"})

@@ -100,3 +100,16 @@ def test_the_encoder_records_what_runs_it(encoders):
                                                       "threads": 2}
     assert encoders["onnxruntime"].runtime.backend == "onnxruntime"
     assert isinstance(encoders["onnxruntime"].describer.session, OnnxRuntimeSession)
+
+
+@pytest.mark.skipif(not runtimes.cpu_has_bf16(), reason="this CPU has no native bf16 (the f32 path is tested above)")
+def test_the_bf16_path_stays_close_to_onnx_runtime_fp32(encoders):
+    bf16 = FaceEncoder(backend="openvino", precision="auto", threads=2, descriptor="grid509")
+    assert bf16.runtime.precision == "bf16"
+    image = load_image(sorted((FIXTURES / "fgnet").iterdir())[0])
+    found = {"bf16": bf16.detect(image), "fp32": encoders["onnxruntime"].detect(image)}
+    assert len(found["bf16"]) == len(found["fp32"]) > 0
+    assert np.abs(found["bf16"][0].landmarks - found["fp32"][0].landmarks).max() < 1.5  # pixels
+    aligned = FaceEncoder.align(image, found["fp32"])
+    (e1, _), (e2, _) = bf16.embed(aligned), encoders["onnxruntime"].embed(aligned)
+    assert (e1 * e2).sum(axis=1).min() > 0.995

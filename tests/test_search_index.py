@@ -50,31 +50,48 @@ def test_recall_at_k():
     assert recall_at_k(np.array([[1, 2], [3, 4]]), np.array([[2, 9], [3, 4]])) == 0.75
 
 
-def test_near_duplicates_are_the_same_with_an_ivf_index(monkeypatch):
-    vectors = clustered_unit_vectors(3000)
-    vectors[1500:1510] = vectors[:10] + 0.01  # ten near-copies
+def clustered_store(path, vectors, *, index):
+    """A store of one face per image (and one file per image) with these identity embeddings."""
+    features = np.zeros((1, 768), np.float32)
+    with EmbeddingStore(path, model_sha256=MODEL, descriptor=DESCRIPTOR, create=True, index=index) as store:
+        for i, vector in enumerate(vectors):
+            store.add_image(f"{i:064x}", 100, 80, [detection(0)], vector[None], features)
+            store.add_file(f"/data/{i}.jpg", 1, 1, f"{i:064x}", "embedded")
+    return path
+
+
+def test_near_duplicates_and_neighbours_through_an_ivf_store_index(tmp_path):
+    vectors = clustered_unit_vectors(1500, dim=512)
+    vectors[750:760] = vectors[:10] + 0.01  # ten near-copies
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    exact = near_duplicate_pairs(vectors, threshold=0.95)
-    monkeypatch.setattr(search_index, "IVF_MIN_VECTORS", 1000)  # "auto" now picks IVF at this size
-    approximate = near_duplicate_pairs(vectors, threshold=0.95)
-    assert sorted(zip(*approximate[:2])) == sorted(zip(*exact[:2]))
-    assert {(i, i + 1500) for i in range(10)} <= set(zip(*(x.tolist() for x in exact[:2])))
+    path = clustered_store(tmp_path / "s", vectors, index="flat")
+    with EmbeddingStore(path) as store:
+        records = store.faces(descriptor="emb")
+        exact_pairs = near_duplicate_pairs(store, records, threshold=0.95)
+        exact_neighbours = store.search(vectors[:50], k=10)[1]
+        restricted = store.search(vectors[:5], k=3, among=records.face_id[::2])[1]  # FAISS selector path
+    with EmbeddingStore(path, index="ivf") as store:
+        assert index_kind(store.index) == "ivf"
+        nprobe = faiss.downcast_index(store.index.index).nprobe
+        pairs = near_duplicate_pairs(store, records, threshold=0.95)
+        assert faiss.downcast_index(store.index.index).nprobe == nprobe  # the range search's own nprobe was put back
+        assert sorted(zip(*pairs[:2])) == sorted(zip(*exact_pairs[:2]))
+        assert {(i, i + 750) for i in range(10)} <= set(zip(*(x.tolist() for x in pairs[:2])))
+        assert recall_at_k(exact_neighbours, store.search(vectors[:50], k=10)[1]) >= 0.9
+        assert np.isin(store.search(vectors[:5], k=3, among=records.face_id[::2])[1], records.face_id[::2]).all()
+        assert recall_at_k(restricted, store.search(vectors[:5], k=3, among=records.face_id[::2])[1]) >= 0.9
 
 
 def test_the_store_keeps_its_index_choice(tmp_path):
     vectors = clustered_unit_vectors(1200, dim=512)
-    features = np.zeros((1, 768), np.float32)
-    with EmbeddingStore(tmp_path / "s", model_sha256=MODEL, descriptor=DESCRIPTOR, create=True, index="ivf") as store:
-        assert describe(store.index) == "flat"  # empty: too few faces for cells yet
-        for i, vector in enumerate(vectors):
-            store.add_image(f"{i:064x}", 100, 80, [detection(0)], vector[None], features)
-    store = EmbeddingStore(tmp_path / "s")
-    assert store.index_kind == "ivf" and index_kind(store.index) == "ivf" and not store._index_changed
+    path = clustered_store(tmp_path / "s", vectors, index="ivf")
+    store = EmbeddingStore(path)
+    assert store.index_kind == "ivf" and index_kind(store.index) == "ivf" and not store._index_unsaved  # saved at close
     assert store.summary()["index"].startswith("ivf (nlist ")
     similarities, ids = store.search(vectors[7], k=3)
     assert ids[0, 0] == 8 and similarities[0, 0] == pytest.approx(1.0, abs=1e-5)  # face ids start at 1
     store.close()
-    with EmbeddingStore(tmp_path / "s", index="flat") as store:  # an explicit choice replaces the old one
-        assert index_kind(store.index) == "flat"
-    assert index_kind(faiss.read_index(str(tmp_path / "s" / INDEX))) == "flat"
-    assert EmbeddingStore(tmp_path / "s").index_kind == "flat"
+    with EmbeddingStore(path, index="flat"):  # an explicit choice replaces the old one, even with nothing new
+        pass
+    assert index_kind(faiss.read_index(str(path / INDEX))) == "flat"
+    assert EmbeddingStore(path).index_kind == "flat"

@@ -1,3 +1,6 @@
+import sqlite3
+
+import faiss
 import numpy as np
 import pytest
 
@@ -74,6 +77,8 @@ def test_a_damaged_or_stale_index_is_rebuilt_from_the_record(tmp_path, caplog, d
         store.add_image("f" * 64, 1, 1, [detection(0)], random_unit_vectors(1, seed=9), random_unit_vectors(1, 768))
         store._db.close()
     store = EmbeddingStore(tmp_path / "s")
+    assert "rebuilding" not in caplog.text  # opening is cheap: the index is read on first use
+    assert store.index.ntotal == (13 if damage == "stale" else 12)
     assert "rebuilding it from the record" in caplog.text
     ids, stored = store._all_embeddings()
     assert np.array_equal(np.asarray(store.index.index.reconstruct_n(0, store.index.ntotal)), stored)
@@ -86,3 +91,78 @@ def test_a_corrupt_database_is_reported(tmp_path):
     (tmp_path / "s" / "store.sqlite").write_bytes(b"garbage" * 100)
     with pytest.raises(StoreError, match="not a readable store database"):
         EmbeddingStore(tmp_path / "s")
+
+
+def add(store, sha, vector_seed, path, label=None):
+    """An image of one face, stored under `path` (with `label`)."""
+    store.add_image(sha, 100, 80, [detection(0)], random_unit_vectors(1, seed=vector_seed),
+                    random_unit_vectors(1, 768, seed=vector_seed))
+    return store.add_file(path, 10, 20, sha, "embedded", label=label, label_source="test")
+
+
+def test_a_changed_file_points_at_its_new_content_and_prune_forgets_the_old(tmp_path):
+    files = [tmp_path / f"img{i}.jpg" for i in range(3)]
+    for path in files:
+        path.write_bytes(b"x")
+    with EmbeddingStore(tmp_path / "s", model_sha256=MODEL, descriptor=DESCRIPTOR, create=True) as store:
+        for i, path in enumerate(files):
+            add(store, f"{i:064x}", i, path, FaceLabel(age=20 + i, split="train"))
+        add(store, "e" * 64, 7, files[0])  # img0.jpg changed: no label given, it keeps its own
+        summary = store.summary()
+        assert summary["images"] == 3 and summary["faces"] == 3 and summary["stale_images"] == 1
+        faces = store.faces(labelled=True)
+        assert sorted(faces.sha256.tolist()) == sorted(["e" * 64, f"{1:064x}", f"{2:064x}"])  # not the old content
+        assert faces.age[faces.sha256 == "e" * 64].tolist() == [20]
+        assert store.index.ntotal == 4  # the old face stays searchable until pruned
+    files[2].unlink()
+    with EmbeddingStore(tmp_path / "s") as store:
+        assert store.prune() == {"missing_files": 1, "images": 2, "faces": 2, "labels": 2}
+        assert store.summary()["images"] == 2 and store.summary()["stale_images"] == 0
+        assert store.index.ntotal == 2
+    with EmbeddingStore(tmp_path / "s") as store:  # the saved index agrees with the record
+        ids, vectors = store._all_embeddings()
+        assert np.array_equal(store.index.index.reconstruct_n(0, store.index.ntotal), vectors)
+
+
+def test_prune_refuses_when_no_recorded_file_exists(tmp_path):
+    fill(tmp_path / "s")  # paths under /data that are not there
+    with EmbeddingStore(tmp_path / "s") as store, pytest.raises(StoreError, match="none of the 6 recorded files exists"):
+        store.prune()
+    assert EmbeddingStore(tmp_path / "s").summary()["images"] == 6
+
+
+def test_labels_replace_different_ones_and_say_so(tmp_path):
+    with EmbeddingStore(tmp_path / "s", model_sha256=MODEL, descriptor=DESCRIPTOR, create=True) as store:
+        assert add(store, "a" * 64, 0, "/x/a.jpg", FaceLabel(age=30, gender=1)) is None
+        assert store.set_label("a" * 64, FaceLabel(age=30, gender=1), source="again") is None  # the same: no conflict
+        replaced = store.add_file("/x/copy.jpg", 1, 1, "a" * 64, "embedded", label=FaceLabel(age=31, gender=1))
+        assert replaced == FaceLabel(age=30, gender=1) and store.label("a" * 64).age == 31
+
+
+def test_opening_reads_no_embeddings_when_the_index_is_current(tmp_path, monkeypatch):
+    fill(tmp_path / "s")
+    with sqlite3.connect(tmp_path / "s" / "store.sqlite") as db:  # as a store written before index versions
+        db.execute("DELETE FROM meta WHERE key = 'index_version'")
+    assert EmbeddingStore(tmp_path / "s").index.ntotal == 12  # checked against the record once, then trusted
+    monkeypatch.setattr(EmbeddingStore, "_all_embeddings", lambda self: pytest.fail("read every embedding"))
+    with EmbeddingStore(tmp_path / "s") as store:
+        assert store.summary()["index_faces"] == 12 and len(store.faces(labelled=True)) == 12
+        assert store.search(random_unit_vectors(1), k=2)[1].shape == (1, 2)
+
+
+def test_two_writers_store_each_image_once_and_leave_a_consistent_index(tmp_path):
+    fill(tmp_path / "s", n_images=2)
+    first, second = EmbeddingStore(tmp_path / "s"), EmbeddingStore(tmp_path / "s")
+    assert first.index.ntotal == second.index.ntotal == 4  # both loaded before either writes
+    assert add(first, "b" * 64, 10, "/x/b.jpg") is None
+    assert not second.add_image("b" * 64, 1, 1, [detection(0)], random_unit_vectors(1, seed=11),
+                                random_unit_vectors(1, 768, seed=11))  # already there: nothing recorded
+    add(second, "c" * 64, 12, "/x/c.jpg")
+    assert second.search(random_unit_vectors(1, seed=10), k=1)[0][0, 0] == pytest.approx(1.0, abs=1e-5)
+    second.close()
+    first.close()
+    with EmbeddingStore(tmp_path / "s") as store:
+        ids, vectors = store._all_embeddings()
+        assert len(ids) == 6 and store._db.execute("SELECT COUNT(*) FROM images").fetchone()[0] == 4
+        assert np.array_equal(faiss.vector_to_array(store.index.id_map), ids)
+        assert np.array_equal(store.index.index.reconstruct_n(0, len(ids)), vectors)

@@ -12,15 +12,18 @@ pytest.importorskip("torch")
 
 from agestimate.cli.main import cli  # noqa: E402
 from agestimate.estimator import Estimator  # noqa: E402
+from agestimate.heads import AgeGenderHeads  # noqa: E402
+from agestimate.labels import GENDER_NAMES  # noqa: E402
+from agestimate.store import EmbeddingStore  # noqa: E402
 
 from conftest import add_bad_files  # noqa: E402
 
 EXPECTED_KEYS = {"n", "mae", "cs5", "one_off_adience8", "exact_adience8", "gender_accuracy", "mae_60plus"}
 
 
-def run(*args):
+def run(*args, exit_code=0):
     result = CliRunner().invoke(cli, list(map(str, args)), catch_exceptions=False)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == exit_code, result.output
     return result
 
 
@@ -56,15 +59,68 @@ def test_train_writes_an_onnx_model_with_its_card(trained):
     assert (model / "heads.onnx").is_file()
     assert card["descriptor"] == "grid509" and card["input_dim"] == 2048
     assert card["data"]["faces_per_split"] == {"train": 8, "val": 4, "test": 4}
-    assert EXPECTED_KEYS <= set(card["metrics"]["test"])
+    assert EXPECTED_KEYS | {"coverage_80", "median_width_90", "under_18_accuracy", "gender_ece"} <= set(card["metrics"]["test"])
     assert len(card["embedding_model_sha256"]) == 64
+    assert card["calibration"]["sources"] == [{"store": str(store), "split": "val", "faces": 4}]
+    assert len(card["calibration"]["age"]["scores"]) == 1  # 4 faces: too few for groups
+
+
+@pytest.fixture
+def calibrated_on_all(trained, tmp_path):
+    """A copy of the trained model calibrated on all 16 faces of the store, with the CLI."""
+    import shutil
+
+    store, model, _ = trained
+    copy = tmp_path / "model"
+    shutil.copytree(model, copy)
+    result = run("calibrate", "--model", copy, "--store", store, "--split", "all")
+    assert "calibrated" in result.stdout and "16 faces" in result.stdout
+    return copy
+
+
+def test_interval_columns_and_levels_in_cli_predictions(trained, calibrated_on_all, tmp_path):
+    _, _, folder = trained
+    widths = {}
+    for level in ("0.5", "0.8"):
+        rows = list(csv.DictReader(io.StringIO(run("predict", folder / "0.jpg", folder / "1.jpg", "--model", calibrated_on_all,
+                                                   "--interval", level).stdout)))
+        for row in rows:
+            assert float(row["age_low"]) <= float(row["age"]) <= float(row["age_high"])
+        widths[level] = [float(row["age_high"]) - float(row["age_low"]) for row in rows]
+    assert all(wide >= narrow for narrow, wide in zip(widths["0.5"], widths["0.8"])) and widths["0.8"] != widths["0.5"]
+    # 16 calibration faces cannot bound a 90% interval: conformal prediction says so with an infinite end (empty)
+    [row] = list(csv.DictReader(io.StringIO(run("predict", folder / "0.jpg", "--model", calibrated_on_all, "--interval", "0.9").stdout)))
+    assert float(row["age_low"]) == 0 and row["age_high"] == ""
+    faces = Estimator.load(calibrated_on_all).predict(folder / "0.jpg", interval=0.9)
+    assert faces[0].age_interval[1] == float("inf") and faces[0].to_dict()["age_interval"] == [0.0, None]
+    bad = CliRunner().invoke(cli, ["predict", str(folder / "0.jpg"), "--interval", "80"])
+    assert bad.exit_code == 2 and "0<x<1" in bad.output
+    faces = Estimator.load(calibrated_on_all).predict(folder / "0.jpg", interval=0.5)
+    assert faces[0].age_interval[0] <= faces[0].age <= faces[0].age_interval[1]
+    metrics = json.loads(run("eval", "--model", calibrated_on_all, "--store", trained[0], "--split", "all", "--json").stdout)
+    assert metrics["coverage_80"] >= 0.8 and metrics["n"] == 16  # in-sample: the calibration faces themselves
+
+
+def test_cli_predict_lists_store_neighbours(trained):
+    store, model, folder = trained
+    result = run("predict", folder / "0.jpg", "--model", model, "--neighbours", store, "--k", "3")
+    [row] = list(csv.DictReader(io.StringIO(result.stdout)))
+    neighbours = json.loads(row["neighbours"])
+    assert len(neighbours) == 3 and neighbours[0]["file"].endswith("/0.jpg") and neighbours[0]["similarity"] > 0.99
+    assert neighbours[0]["age"] == float(folder.joinpath("labels.csv").read_text().splitlines()[1].split(",")[1])
+    assert {"file", "age", "gender", "split", "similarity"} <= set(neighbours[1])
 
 
 def test_eval_json_report_and_lopo(trained, tmp_path):
     store, model, _ = trained
     metrics = json.loads(run("eval", "--model", model, "--store", store, "--split", "test", "--json").stdout)
     assert EXPECTED_KEYS <= set(metrics) and metrics["n"] == 4
-    assert 0 <= metrics["mae"] < 100 and 0 <= metrics["cs5"] <= 1
+    with EmbeddingStore(store) as db:
+        test = db.faces(split="test", labelled=True, primary=True)
+    outputs = AgeGenderHeads.load(model).predict(test.features)
+    errors = np.abs(outputs.age - test.age)
+    assert metrics["mae"] == pytest.approx(errors.mean(), abs=1e-5) and metrics["cs5"] == (errors <= 5).mean()
+    assert metrics["gender_accuracy"] == (outputs.gender == test.gender).mean()
     run("eval", "--model", model, "--store", store, "--split", "all", "--report", tmp_path / "report")
     assert {p.name for p in (tmp_path / "report").iterdir()} >= {
         "report.md", "metrics.json", "predicted_vs_true.png", "confusion_adience8.png", "mae_per_decade.png"}
@@ -92,13 +148,17 @@ def test_estimator_predicts_every_face_of_the_group_photo(trained, players_path)
     estimator = Estimator.load(model, threads=2)
     faces = estimator.predict(players_path, return_embedding=True)
     assert len(faces) == 22
-    for face in faces:
-        assert 0 <= face.age <= 100 and face.age_spread >= 0 and 0 <= face.confidence <= 1
-        assert face.gender in ("male", "female") and 0.5 <= face.gender_probability <= 1
-        assert face.embedding.shape == (512,)
+    encoded = estimator.encoder.encode(players_path)
+    outputs = estimator.predict_embeddings(encoded.features)
+    assert np.allclose(outputs.age, [f.age for f in faces], atol=1e-4)
+    assert np.allclose(outputs.age_spread, [f.age_spread for f in faces], atol=1e-4)
+    assert np.allclose(outputs.confidence, [f.confidence for f in faces], atol=1e-4)
+    assert [f.gender for f in faces] == [GENDER_NAMES[code] for code in outputs.gender]
+    female = outputs.gender_prob_female
+    assert np.allclose([f.gender_probability for f in faces], np.where(outputs.gender == 1, female, 1 - female), atol=1e-5)
+    assert np.allclose(np.stack([f.embedding for f in faces]), encoded.embeddings)
+    assert [f.box for f in faces] == [tuple(float(v) for v in face.box) for face in encoded.faces]
     assert set(faces[0].to_dict()) >= {"box", "age", "age_group", "gender", "confidence", "embedding"}
-    features = estimator.encoder.encode(players_path).features
-    assert np.allclose(estimator.predict_embeddings(features).age, [f.age for f in faces], atol=1e-4)
 
 
 def test_predict_batch_keeps_order_and_reports_bad_images(trained, players_path, tmp_path):
@@ -128,7 +188,8 @@ def test_cli_predict_rows_reasons_jsonl_and_annotations(trained, tmp_path):
     assert "not a recognised image format" in by_file["notes.jpg"]["error"]
     assert by_file["empty.jpg"]["error"] == "empty file (0 bytes)"
     assert "truncated" in by_file["truncated.jpg"]["error"]
-    assert float(by_file["0.jpg"]["age"]) > 0 and by_file["0.jpg"]["gender"] in ("male", "female")
+    face = Estimator.load(model).predict(images / "0.jpg")[0]
+    assert float(by_file["0.jpg"]["age"]) == round(face.age, 4) and by_file["0.jpg"]["gender"] == face.gender
     assert sorted(p.name for p in (tmp_path / "drawn").iterdir()) == ["0.jpg", "1.jpg"]
     run("predict", images / "*.jpg", "--model", model, "--out", tmp_path / "out.jsonl")
     lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
@@ -149,6 +210,8 @@ def test_video_rows_per_frame_and_an_annotated_copy(trained, players_path, tmp_p
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     assert [(row["frame"], row["face"]) for row in rows] == [(str(f), str(i)) for f in range(4) for i in range(3)]
     assert rows[0]["age"] == rows[3]["age"]  # frame 1 carries frame 0's faces over
+    assert float(rows[3]["x1"]) - float(rows[0]["x1"]) == pytest.approx(4 * 640 / 640, abs=1.5)  # ... and follows them
+    assert [row["track"] for row in rows[:3]] == ["1", "2", "3"] and [row["track"] for row in rows[6:9]] == ["1", "2", "3"]
     assert "4 frames" in result.stderr and "frames/s" in result.stderr
     annotated = cv2.VideoCapture(str(tmp_path / "drawn" / "clip.avi"))
     assert int(annotated.get(cv2.CAP_PROP_FRAME_COUNT)) == 4
@@ -156,3 +219,87 @@ def test_video_rows_per_frame_and_an_annotated_copy(trained, players_path, tmp_p
     rows = list(csv.DictReader(io.StringIO(missing.stdout)))
     assert "cannot open the video" in rows[0]["error"] and rows[0]["file"].endswith("nope.mp4")
     assert len(rows) > 1 and {row["frame"] for row in rows[1:]} == {"0"}
+
+
+def test_a_model_without_a_gender_head_reports_no_gender(trained, players_path, tmp_path):
+    store, _, _ = trained
+    run("train", "--store", store, "--out", tmp_path / "ages", "--epochs", "2", "--no-gender")
+    faces = Estimator.load(tmp_path / "ages").predict(players_path)
+    assert len(faces) == 22 and {(f.gender, f.gender_probability) for f in faces} == {(None, None)}
+    rows = list(csv.DictReader(io.StringIO(run("predict", players_path, "--model", tmp_path / "ages",
+                                              "--annotate", tmp_path / "drawn").stdout)))
+    assert len(rows) == 22 and {(row["gender"], row["gender_probability"]) for row in rows} == {("", "")}
+    run("predict", players_path, "--model", tmp_path / "ages", "--out", tmp_path / "out.jsonl")
+    lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert {(line["gender"], line["gender_probability"]) for line in lines} == {(None, None)}
+
+
+def test_each_input_gets_its_own_annotated_copy_from_one_decode(trained, tmp_path, monkeypatch):
+    from PIL import Image
+
+    import agestimate.faces
+    import agestimate.images
+
+    _, model, folder = trained
+    inputs = {"a/x.jpg": "0.jpg", "b/x.jpg": "1.jpg", "c/x.png": "2.jpg", "c/x.jpg": "3.jpg"}
+    for i, (name, source) in enumerate(inputs.items()):
+        (tmp_path / "in" / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.open(folder / source).resize((200 + 10 * i, 200 + 10 * i)).save(tmp_path / "in" / name)
+    decoded = []
+
+    def counted(load):
+        def load_image(source, **options):
+            decoded.append(source)
+            return load(source, **options)
+        return load_image
+
+    for module in (agestimate.faces, agestimate.images):  # where prediction decodes, and where drawing did again
+        monkeypatch.setattr(module, "load_image", counted(module.load_image))
+    run("predict", tmp_path / "in", "--recursive", "--model", model, "--annotate", tmp_path / "drawn")
+    assert sorted(map(str, decoded)) == sorted(str(tmp_path / "in" / name) for name in inputs)
+    for i, name in enumerate(inputs):
+        drawn = np.asarray(Image.open(tmp_path / "drawn" / name).convert("RGB"))
+        assert drawn.shape == (200 + 10 * i, 200 + 10 * i, 3), name  # its own input, not another's
+
+
+def test_video_frames_without_a_face_get_rows_and_count(trained, players_path, tmp_path):
+    import cv2
+
+    _, model, _ = trained
+    photo = cv2.resize(cv2.imread(str(players_path)), (640, 480))
+    clip = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 10, (640, 480))
+    for frame in (np.full_like(photo, 90), np.full_like(photo, 90), photo, photo):
+        writer.write(frame)
+    writer.release()
+    result = run("predict", clip, "--model", model, "--max-faces", "1")
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert [(row["frame"], row["face"], row["error"]) for row in rows] == [
+        ("0", "", "no face"), ("1", "", "no face"), ("2", "0", ""), ("3", "0", "")]
+    assert "0 images, 4 video frames, 2 faces, 2 images or frames without a face" in result.stderr
+
+
+def test_clear_errors_for_a_card_without_descriptor_rapl_with_one_epoch_and_a_missing_split(trained, players_path,
+                                                                                             tmp_path):
+    import shutil
+    import sqlite3
+
+    store, model, _ = trained
+    shutil.copytree(model, tmp_path / "m")
+    card = json.loads((tmp_path / "m" / "model.json").read_text())
+    del card["descriptor"]
+    (tmp_path / "m" / "model.json").write_text(json.dumps(card))
+    for command in (["predict", players_path], ["eval", "--store", store]):
+        failed = run(*command, "--model", tmp_path / "m", exit_code=1)
+        assert "model.json names no descriptor" in failed.output and "Traceback" not in failed.output
+
+    for command in (["train", "--store", store, "--out", tmp_path / "x"], ["eval", "--store", store, "--protocol", "lopo"],
+                    ["ablation", "--store", store]):
+        failed = run(*command, "--epochs", "1", exit_code=2)
+        assert "RAPL needs epochs >= 2" in failed.output and "--no-rapl" in failed.output
+
+    shutil.copytree(store, tmp_path / "s")
+    with sqlite3.connect(tmp_path / "s" / "store.sqlite") as db:
+        db.execute("UPDATE labels SET split = 'train' WHERE split = 'val'")
+    failed = run("ablation", "--store", tmp_path / "s", "--seeds", "0", "--epochs", "2", exit_code=1)
+    assert "needs labelled faces in the train, val and test splits; none in ['val']" in failed.output

@@ -14,14 +14,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from agestimate.heads import FORMAT_VERSION, INPUT_NAME, OUTPUT_NAMES
+
 from .fit import FittedHeads
 from .heads import AgeGenderNet
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
 ONNX_OPSET = 17
-OUTPUT_NAMES = ("age_probs", "age", "gender_probs", "position_probs")
 
 
 class _InferenceGraph(nn.Module):
@@ -120,9 +120,9 @@ def export_onnx(fitted: FittedHeads, path) -> Path:
             graph,
             (example,),
             str(path),
-            input_names=["features"],
+            input_names=[INPUT_NAME],
             output_names=list(OUTPUT_NAMES),
-            dynamic_axes={name: {0: "batch"} for name in ("features", *OUTPUT_NAMES)},
+            dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)},
             opset_version=ONNX_OPSET,
             dynamo=False,
         )

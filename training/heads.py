@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-UNKNOWN_GENDER = -1
+from agestimate.labels import UNKNOWN_GENDER
 
 
 class AgeGenderNet(nn.Module):

@@ -8,8 +8,10 @@ import time
 
 import numpy as np
 
+from agestimate.calibration import calibrate
 from agestimate.errors import StoreError
-from agestimate.evaluation import Evaluation, labelled_faces, measure, select_split
+from agestimate.evaluation import Evaluation, labelled_faces, measure, predict_records, select_split
+from agestimate.heads import AgeGenderHeads, gender_codes, update_card
 from agestimate.store import EmbeddingStore, FaceRecords
 
 from .augment import augment
@@ -43,16 +45,17 @@ def predict_with(fitted: FittedHeads, records: FaceRecords) -> Evaluation:
     """Measure a trained (torch) model on `records`."""
     outputs = fitted.predict(records.features)
     female = outputs.get("gender_prob_female")
-    gender = (female > 0.5).astype(np.int64) if female is not None else np.full(len(records), -1)
+    gender = gender_codes(np.zeros(len(records)) if female is None else female, uses_gender=female is not None)
     return measure(records, outputs["age"], gender)
 
 
 def train(store, out, *, descriptor: str | None = None, options: HeadOptions = HeadOptions(), device=None,
           progress: bool = False, command: str = "", augment_with: str = "none") -> dict:
-    """Train heads on the store's train split (best epoch on val), save them to `out`, return the card.
+    """Train heads on the store's train split (best epoch on val), save them to `out`,
+    calibrate them on val (see `agestimate.calibration`), return the card.
 
-    The model card records the data, counts, options, descriptor, embedding model and the
-    val and test metrics.
+    The model card records the data, counts, options, descriptor, embedding model, the
+    calibration and the metrics of the saved (ONNX) model on each split, intervals included.
     """
     with EmbeddingStore(store) as database:
         descriptor = descriptor or database.descriptor
@@ -67,7 +70,6 @@ def train(store, out, *, descriptor: str | None = None, options: HeadOptions = H
     started = time.perf_counter()
     fitted = fit_on(splits["train"], splits["val"], options, device, progress, augment_with)
     seconds = time.perf_counter() - started
-    metrics = {name: predict_with(fitted, part).metrics for name, part in splits.items() if len(part)}
     card = {
         "data": {"store": str(store), "faces_per_split": {name: len(part) for name, part in splits.items()},
                  "face": "largest face of each labelled image"},
@@ -76,10 +78,12 @@ def train(store, out, *, descriptor: str | None = None, options: HeadOptions = H
         "embedding_model_sha256": embedding_model,
         "training_seconds": round(seconds, 1),
         "command": command,
-        "metrics": metrics,
     }
     save_model_dir(fitted, out, card=card)
-    return card
+    calibrate(out, [(store, "val")])
+    heads = AgeGenderHeads.load(out)
+    card["metrics"] = {name: predict_records(heads, part).metrics for name, part in splits.items() if len(part)}
+    return update_card(out, metrics=card["metrics"])
 
 
 def leave_one_person_out(store, *, descriptor: str | None = None, options: HeadOptions = HeadOptions(),
@@ -119,6 +123,9 @@ def ablation(store, *, descriptor: str | None = None, seeds=(0, 1, 2), options: 
     """
     records, _ = labelled_faces(store, descriptor)
     train_part, val_part, test_part = (select_split(records, name) for name in ("train", "val", "test"))
+    empty = [name for name, part in (("train", train_part), ("val", val_part), ("test", test_part)) if len(part) == 0]
+    if empty:
+        raise StoreError(f"{store}: the ablation needs labelled faces in the train, val and test splits; none in {empty}")
     rows = []
     for name, changes in ABLATION_VARIANTS.items():
         runs = []
