@@ -55,7 +55,8 @@ def _ray():
 @contextlib.contextmanager
 def ray_session(address: str | None = None) -> Iterator[None]:
     """Use the Ray this process is connected to, or connect: to `address` ("auto", "ray://host:10001",
-    ...), else to RAY_ADDRESS, else start a local Ray on this machine. Shut down only what was started here."""
+    ...), else as `ray.init()` does (RAY_ADDRESS, else the Ray that `ray start` started on this
+    machine, else a new local Ray). Disconnect at the end only if connected here."""
     ray = _ray()
     if ray.is_initialized():
         yield

@@ -20,10 +20,13 @@ Parts (``--parts scoring,embed,driver,index``; all by default):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
+import signal
 import subprocess
+import sys
 import tempfile
 import time
 from datetime import date
@@ -49,20 +52,53 @@ def timed(command: list[str]) -> float:
     return time.perf_counter() - began
 
 
+@contextlib.contextmanager
+def running_ray(cpus: int):
+    """A Ray head on this machine (`ray start --head --block`), as a cluster would have; stopped
+    afterwards by signalling its own process group (never `ray stop`, which stops every Ray)."""
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    head = subprocess.Popen([ray_cli, "start", "--head", f"--num-cpus={cpus}", "--port=6391", "--include-dashboard=false",
+                             "--block"], start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        join = [sys.executable, "-c", "import ray; ray.init(address='auto', logging_level='ERROR'); ray.shutdown()"]
+        while subprocess.run(join, capture_output=True).returncode != 0:
+            if time.monotonic() > deadline or head.poll() is not None:
+                raise RuntimeError("the Ray head did not start")
+            time.sleep(1)
+        yield
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(head.pid, signal.SIGKILL)
+            # `ray start` left the address of this head behind; later `ray.init()` calls would try to join it
+            address_file = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+            if address_file.exists() and address_file.read_text().strip().endswith(":6391"):
+                address_file.unlink()
+
+
 def part_scoring(paths: list[Path], layouts: list[tuple[int, int]], repeats: int) -> dict:
+    """Whole commands; the Ray ones start their own local Ray, except the last, which joins a running one."""
     cpus = os.cpu_count()
-    runs = {"local": []} | {f"ray {a}x{t}": [] for a, t in layouts}
+    runs = {"local": []} | {f"ray {a}x{t}": [] for a, t in layouts} | {f"ray {cpus}x1, Ray running": []}
     with tempfile.TemporaryDirectory() as scratch:
         folder = linked_folder(paths, scratch)
         for _ in range(repeats):
             for name in runs:
-                out = Path(scratch) / f"{name.replace(' ', '_')}.csv"
+                out = Path(scratch) / f"{name.replace(' ', '_').replace(',', '')}.csv"
                 out.unlink(missing_ok=True)
                 arguments = ["predict", folder, "--out", out]
                 if name != "local":
-                    actors, threads = name.split()[1].split("x")
+                    actors, threads = name.split()[1].rstrip(",").split("x")
                     arguments += ["--engine", "ray", "--actors", actors, "--threads", threads]
-                runs[name].append(timed(agestimate_command(*arguments)))
+                if name.endswith("Ray running"):
+                    with running_ray(cpus):
+                        runs[name].append(timed(agestimate_command(*arguments, "--ray-address", "auto")))
+                else:
+                    runs[name].append(timed(agestimate_command(*arguments)))
                 rows = out.read_text().count("\n") - 1
         cli = {name: {"seconds": min(s), "images_per_second": len(paths) / min(s)} for name, s in runs.items()}
         for name, run in cli.items():

@@ -49,8 +49,8 @@ def engine_options(function):
     function = click.option("--actors", type=int, default=None,
                             help="Ray: actors, each holding one loaded model (default: one per GPU, else one per CPU).")(function)
     function = click.option("--ray-address", default=None,
-                            help="Ray: the cluster to join, e.g. auto or ray://head:10001 (default: RAY_ADDRESS, else a "
-                                 "local Ray on this machine).")(function)
+                            help="Ray: the cluster to join, e.g. auto or ray://head:10001 (default: RAY_ADDRESS, else the Ray "
+                                 "`ray start` started on this machine, else a new local Ray).")(function)
     return click.option("--engine", default="local", show_default=True, type=click.Choice(["local", "ray"]),
                         help="local: this process; ray: a pool of Ray actors (needs the ray extra).")(function)
 
