@@ -76,7 +76,13 @@ def age_group_labels(scheme: str) -> list[str]:
     return [f"{lo}-{hi - 1}" for lo, hi in zip(edges[:-1], edges[1:])] + [f"{edges[-1]}+"]
 
 
-DECADE_KEYS = [f"mae_{label.replace('-', '_').replace('+', 'plus')}" for label in age_group_labels("bins10")]
+
+def decade_keys(prefix: str) -> list[str]:
+    """Metric names per decade of true age: ``<prefix>_0_9`` ... ``<prefix>_90_99``, ``<prefix>_100plus``."""
+    return [f"{prefix}_{label.replace('-', '_').replace('+', 'plus')}" for label in age_group_labels("bins10")]
+
+
+DECADE_KEYS = decade_keys("mae")
 """Keys of the MAE per decade of true age in `age_metrics`: mae_0_9, ..., mae_90_99, mae_100plus."""
 
 
@@ -130,8 +136,14 @@ def gender_accuracy(g_true, g_pred) -> float | None:
     return float(np.mean(g_true[known] == g_pred[known]))
 
 
-def mae_by_group(y_true, y_pred, groups) -> dict:
-    """MAE within each group.
+def bias(y_true, y_pred) -> float:
+    """Mean signed error in years, predicted minus true: positive when ages are overestimated."""
+    y_true, y_pred = _paired(y_true, y_pred)
+    return float(np.mean(y_pred - y_true))
+
+
+def mae_by_group(y_true, y_pred, groups, *, signed: bool = False) -> dict:
+    """MAE (or, with ``signed``, the mean signed error, see `bias`) within each group.
 
     Parameters
     ----------
@@ -150,8 +162,8 @@ def mae_by_group(y_true, y_pred, groups) -> dict:
     groups = np.asarray(groups)
     if groups.shape != y_true.shape:
         raise ValueError(f"groups must have shape {y_true.shape}, got {groups.shape}")
-    abs_error = np.abs(y_true - y_pred)
-    return {g.item(): float(abs_error[groups == g].mean()) for g in np.unique(groups)}
+    error = y_pred - y_true if signed else np.abs(y_true - y_pred)
+    return {g.item(): float(error[groups == g].mean()) for g in np.unique(groups)}
 
 
 def age_metrics(y_true, y_pred) -> dict:
@@ -167,15 +179,17 @@ def age_metrics(y_true, y_pred) -> dict:
     dict
         ``n``, ``mae``, ``cs5`` (fraction), ``one_off_<scheme>`` and ``exact_<scheme>`` for
         adience8, bins5 and bins10, ``mae_60plus`` (true age >= 60) and the MAE per decade
-        of true age, ``mae_0_9`` ... ``mae_90_99``, ``mae_100plus``. A value is None where
-        there is no sample to compute it from (every value but ``n`` for empty input).
+        of true age, ``mae_0_9`` ... ``mae_90_99``, ``mae_100plus``; ``bias`` (mean signed
+        error, predicted minus true) and the bias per decade of true age, ``bias_0_9`` ...
+        ``bias_100plus``. A value is None where there is no sample to compute it from (every
+        value but ``n`` for empty input).
     """
     y_true = np.asarray(y_true, dtype=np.float64)
     y_pred = np.asarray(y_pred, dtype=np.float64)
     result = {"n": int(y_true.size)}
     if y_true.size == 0:
         keys = ["mae", "cs5"] + [f"{kind}_{s}" for s in AGE_GROUP_CUTS for kind in ("one_off", "exact")]
-        return result | dict.fromkeys(keys + ["mae_60plus"] + DECADE_KEYS)
+        return result | dict.fromkeys(keys + ["mae_60plus"] + DECADE_KEYS + ["bias"] + decade_keys("bias"))
     result["mae"] = mae(y_true, y_pred)
     result["cs5"] = cumulative_score(y_true, y_pred, tolerance=5)
     for scheme in AGE_GROUP_CUTS:
@@ -183,8 +197,12 @@ def age_metrics(y_true, y_pred) -> dict:
         result[f"exact_{scheme}"] = exact_accuracy(y_true, y_pred, scheme=scheme)
     old = y_true >= 60
     result["mae_60plus"] = mae(y_true[old], y_pred[old]) if old.any() else None
-    by_decade = mae_by_group(y_true, y_pred, age_group(y_true, "bins10"))
+    decade = age_group(y_true, "bins10")
+    by_decade = mae_by_group(y_true, y_pred, decade)
     result.update({key: by_decade.get(i) for i, key in enumerate(DECADE_KEYS)})
+    result["bias"] = bias(y_true, y_pred)
+    by_decade = mae_by_group(y_true, y_pred, decade, signed=True)
+    result.update({key: by_decade.get(i) for i, key in enumerate(decade_keys("bias"))})
     return result
 
 
@@ -203,10 +221,6 @@ def summary(y_true, y_pred, *, gender_true=None, gender_pred=None) -> dict:
     has_gender = gender_true is not None and gender_pred is not None and result["n"] > 0
     result["gender_accuracy"] = gender_accuracy(gender_true, gender_pred) if has_gender else None
     return result
-
-
-def _decade_keys(prefix: str) -> list[str]:
-    return [f"{prefix}_{label.replace('-', '_').replace('+', 'plus')}" for label in age_group_labels("bins10")]
 
 
 def interval_metrics(y_true, low, high, *, level: float) -> dict:
@@ -228,7 +242,7 @@ def interval_metrics(y_true, low, high, *, level: float) -> dict:
     y_true, low = _paired(y_true, low)
     _, high = _paired(y_true, high)
     tag = f"{round(100 * level):d}"
-    keys = [f"coverage_{tag}", f"median_width_{tag}", *_decade_keys(f"coverage_{tag}")]
+    keys = [f"coverage_{tag}", f"median_width_{tag}", *decade_keys(f"coverage_{tag}")]
     if np.isnan(low).all():
         return dict.fromkeys(keys)
     inside = (low <= y_true) & (y_true <= high)

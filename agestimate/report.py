@@ -9,7 +9,7 @@ import numpy as np
 
 from .errors import AgestimateError
 from .evaluation import Evaluation
-from .metrics import DECADE_KEYS, age_group, age_group_labels, reliability_bins
+from .metrics import DECADE_KEYS, age_group, age_group_labels, decade_keys, reliability_bins
 
 
 def format_table(metrics: dict) -> str:
@@ -19,6 +19,17 @@ def format_table(metrics: dict) -> str:
         if isinstance(value, float):
             value = f"{value:.4f}"
         rows.append(f"| {key} | {'-' if value is None else value} |")
+    return "\n".join(rows)
+
+
+def decade_table(evaluation: Evaluation) -> str:
+    """Faces, MAE and bias (mean signed error, predicted - true) per decade of true age, as Markdown."""
+    metrics = evaluation.metrics
+    counts = np.bincount(age_group(evaluation.records.age, "bins10"), minlength=len(age_group_labels("bins10")))
+    rows = ["| true age | faces | MAE | bias |", "|---|---|---|---|"]
+    for count, label, mae_key, bias_key in zip(counts, age_group_labels("bins10"), DECADE_KEYS, decade_keys("bias")):
+        if metrics.get(mae_key) is not None:
+            rows.append(f"| {label} | {count} | {metrics[mae_key]:.2f} | {metrics[bias_key]:+.2f} |")
     return "\n".join(rows)
 
 
@@ -64,19 +75,24 @@ def write_report(evaluation: Evaluation, folder, *, title: str, command: str) ->
     figure.colorbar(image)
     figure.savefig(folder / "confusion_adience8.png", dpi=100, bbox_inches="tight")
 
-    decades = {k: evaluation.metrics[k] for k in DECADE_KEYS if evaluation.metrics.get(k) is not None}
-    figure, axes = plt.subplots(figsize=(7, 4))
-    axes.bar([k[4:].replace("_", "-") for k in decades], list(decades.values()))
-    axes.set(xlabel="true age", ylabel="MAE", title="MAE per decade")
+    labels = age_group_labels("bins10")
+    present = [i for i, key in enumerate(DECADE_KEYS) if evaluation.metrics.get(key) is not None]
+    figure, (mae_axes, bias_axes) = plt.subplots(1, 2, figsize=(12, 4))
+    for axes, prefix, name in ((mae_axes, "mae", "MAE"), (bias_axes, "bias", "mean signed error (predicted - true)")):
+        values = [evaluation.metrics[decade_keys(prefix)[i]] for i in present]
+        axes.bar([labels[i] for i in present], values)
+        axes.set(xlabel="true age", ylabel=name, title=f"{name} per decade")
+    bias_axes.axhline(0, color="black", linewidth=1)
     figure.savefig(folder / "mae_per_decade.png", dpi=100, bbox_inches="tight")
     plots = ["![predicted vs true](predicted_vs_true.png)", "![error by age](error_by_age.png)",
-             "![Adience-8 confusion](confusion_adience8.png)", "![MAE per decade](mae_per_decade.png)"]
+             "![Adience-8 confusion](confusion_adience8.png)", "![MAE and bias per decade](mae_per_decade.png)"]
     if evaluation.uncertainty is not None:
         plots += _uncertainty_plots(evaluation, folder, plt)
     plt.close("all")
 
     (folder / "report.md").write_text(
-        f"# {title}\n\nCommand: `{command}`\n\n{format_table(evaluation.metrics)}\n\n" + "\n".join(plots) + "\n"
+        f"# {title}\n\nCommand: `{command}`\n\n{format_table(evaluation.metrics)}\n\n{decade_table(evaluation)}\n\n"
+        + "\n".join(plots) + "\n"
     )
     return folder
 
@@ -87,7 +103,7 @@ def _uncertainty_plots(evaluation: Evaluation, folder: Path, plt) -> list[str]:
     figure, axes = plt.subplots(figsize=(7, 4))
     for offset, level in enumerate(evaluation.uncertainty["intervals"]):
         tag = f"{round(100 * level):d}"
-        keys = [f"coverage_{tag}_{label.replace('-', '_').replace('+', 'plus')}" for label in labels]
+        keys = decade_keys(f"coverage_{tag}")
         shown = [(i, evaluation.metrics[key]) for i, key in enumerate(keys) if evaluation.metrics.get(key) is not None]
         axes.bar([i + 0.4 * offset - 0.2 for i, _ in shown], [value for _, value in shown], width=0.4, label=f"{tag}% interval")
         axes.axhline(level, linestyle="--", linewidth=1, color=f"C{offset}")

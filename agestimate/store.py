@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,6 +108,34 @@ class FaceRecords:
     def subset(self, mask) -> FaceRecords:
         return FaceRecords(**{name: value[mask] for name, value in vars(self).items()})
 
+    def replace(self, **columns) -> FaceRecords:
+        """The same faces with some columns replaced (e.g. ``split``)."""
+        return FaceRecords(**{**vars(self), **columns})
+
+    @staticmethod
+    def concatenate(parts: list[FaceRecords]) -> FaceRecords:
+        """The faces of several record sets, one after another."""
+        return FaceRecords(**{name: np.concatenate([vars(part)[name] for part in parts]) for name in vars(parts[0])})
+
+
+def _open_database(database: Path) -> sqlite3.Connection:
+    """A connection in WAL mode with the schema in place. Switching a new database to WAL takes
+    a lock that SQLite does not wait for, so a second process creating the same store at the
+    same moment retries (up to WRITE_LOCK_SECONDS) instead of failing with "database is locked"."""
+    deadline = time.monotonic() + WRITE_LOCK_SECONDS
+    while True:
+        db = sqlite3.connect(database, isolation_level=None, timeout=WRITE_LOCK_SECONDS)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(SCHEMA)
+            return db
+        except sqlite3.OperationalError as error:
+            db.close()
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
 
 class EmbeddingStore:
     """A folder holding `store.sqlite` (the record) and `index.faiss` (the search index).
@@ -132,10 +161,7 @@ class EmbeddingStore:
                 raise ValueError("model_sha256 and descriptor are needed to create a store")
             self.path.mkdir(parents=True, exist_ok=True)
         try:
-            self._db = sqlite3.connect(database, isolation_level=None, timeout=WRITE_LOCK_SECONDS)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(SCHEMA)
+            self._db = _open_database(database)
             meta = dict(self._db.execute("SELECT key, value FROM meta"))
         except sqlite3.DatabaseError as error:
             raise StoreError(f"{database}: not a readable store database ({error})") from error

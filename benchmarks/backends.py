@@ -65,7 +65,6 @@ def measure(paths: list[Path], threads: int | None) -> dict:
     images = [load_image(path) for path in paths]
     choices = runtime_choices()
     encoders = {name: FaceEncoder(threads=threads, **options) for name, options in choices.items()}
-    reference = encoders["onnxruntime fp32"]
     detections = {name: [encoder.detect(image) for image in images] for name, encoder in encoders.items()}
     aligned = np.concatenate([FaceEncoder.align(image, faces) for image, faces in zip(images, detections["onnxruntime fp32"])])
     batches = [aligned[i:i + 32] for i in range(0, len(aligned), 32)]

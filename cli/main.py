@@ -6,6 +6,7 @@ import functools
 import json
 import logging
 import sys
+from pathlib import Path
 
 import click
 
@@ -210,7 +211,23 @@ _training_options = [
     click.option("--device", default=None, help="torch device, e.g. cpu or cuda (default: cuda when available)."),
     click.option("--augment", "augment_with", default="none", show_default=True, type=click.Choice(["none", "mixup", "cae"]),
                  help="Synthesise tail-age (50+) training samples: plain interpolation, or in an autoencoder's latent space."),
+    click.option("--repeats", default=None, callback=lambda context, parameter, value: _parse_repeats(value),
+                 help="With several --store: how often each store's training faces are seen per epoch, e.g. 1,4."),
 ]
+
+
+def _check_repeats(repeats, stores) -> None:
+    if repeats is not None and (len(repeats) != len(stores) or min(repeats) < 1):
+        raise click.BadParameter(f"one count of 1 or more per --store ({len(stores)}), got {repeats}", param_hint="--repeats")
+
+
+def _parse_repeats(value):
+    if value is None:
+        return None
+    try:
+        return [int(n) for n in value.split(",")]
+    except ValueError as error:
+        raise click.BadParameter(f"comma-separated whole numbers, one per --store, got {value!r}") from error
 
 
 def training_options(function):
@@ -220,51 +237,71 @@ def training_options(function):
 
 
 @cli.command()
-@click.option("--store", required=True, type=click.Path(file_okay=False), help="Store with labelled train and val splits.")
+@click.option("--store", required=True, multiple=True, type=click.Path(file_okay=False),
+              help="Store of labelled faces; repeat to train on several (e.g. UTKFace and FG-NET).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Model folder to write (ONNX + model.json).")
 @training_options
+@click.option("--val-fraction", default=0.1, show_default=True,
+              help="Faces without a split label: this fraction of their people is held out to choose the epoch.")
+@click.option("--refit", is_flag=True, help="Then train again for the chosen epochs with those people added.")
+@click.option("--exclude-label-outliers", is_flag=True, help="Leave out training faces whose age is far from their neighbours'.")
+@click.option("--exclude-near-duplicates", type=float, default=None,
+              help="Leave out training faces with a near-duplicate (identity cosine >= this) in val or test.")
 @click.option("--json", "as_json", is_flag=True, help="Print the model card's metrics as JSON.")
 @_fail_cleanly
-def train(store, out, descriptor, epochs, seed, no_rapl, no_gender, device, augment_with, as_json):
-    """Train the age and gender heads (EVR + gender + RAPL) on a store; needs the train extra."""
+def train(store, out, descriptor, epochs, seed, no_rapl, no_gender, device, augment_with, repeats, val_fraction, refit,
+          exclude_label_outliers, exclude_near_duplicates, as_json):
+    """Train the age and gender heads (EVR + gender + RAPL) on one store or several; needs the train extra."""
+    _check_repeats(repeats, store)
     options = _head_options(epochs, seed, no_rapl, no_gender)
     from agestimate.training.protocols import train as train_heads
 
-    card = train_heads(store, out, descriptor=descriptor, options=options, device=device, progress=True,
-                       command=" ".join(sys.argv), augment_with=augment_with)
+    card = train_heads(list(store), out, descriptor=descriptor, options=options, device=device, progress=True,
+                       command=" ".join(sys.argv), augment_with=augment_with, val_fraction=val_fraction, refit=refit,
+                       exclude_label_outliers=exclude_label_outliers, exclude_near_duplicates=exclude_near_duplicates,
+                       repeats=repeats)
     click.echo(f"model written to {out} ({card['descriptor']}, {card['training_seconds']} s)", err=True)
-    _print_metrics({f"{split}_{key}": value for split, metrics in card["metrics"].items() for key, value in metrics.items()
-                    if split != "train"}, as_json)
+    by_source = card.get("metrics_by_source", {"": card["metrics"]})
+    _print_metrics({"_".join(filter(None, [Path(source).name, split, key])): value for source, splits in by_source.items()
+                    for split, metrics in splits.items() for key, value in metrics.items() if split != "train"}, as_json)
 
 
 @cli.command("eval")
-@click.option("--store", required=True, type=click.Path(file_okay=False), help="Store with labelled faces.")
+@click.option("--store", required=True, multiple=True, type=click.Path(file_okay=False),
+              help="Store with labelled faces; lopo and folds take several (the people are in one).")
 @click.option("--model", default=None, type=click.Path(file_okay=False), help="Model folder written by `train`.")
 @click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test", "all"]))
-@click.option("--protocol", default="split", show_default=True, type=click.Choice(["split", "lopo"]),
-              help="split: evaluate --model on --split; lopo: train per person left out (needs person labels).")
+@click.option("--protocol", default="split", show_default=True, type=click.Choice(["split", "lopo", "folds"]),
+              help="split: evaluate --model on --split; lopo: train per person left out; folds: train per group of "
+                   "people left out, on the other stores' train split too (both need person labels).")
+@click.option("--folds", default=5, show_default=True, help="Number of person folds (--protocol folds).")
 @training_options
 @click.option("--json", "as_json", is_flag=True, help="Print a flat JSON object.")
 @click.option("--report", default=None, type=click.Path(file_okay=False), help="Write report.md, metrics.json and plots here.")
 @click.option("--exclude-near-duplicates", type=float, default=None,
               help="Also measure without the faces that have a near-duplicate (identity cosine >= this) in the train split.")
 @_fail_cleanly
-def evaluate(store, model, split, protocol, descriptor, epochs, seed, no_rapl, no_gender, device, augment_with, as_json,
-             report, exclude_near_duplicates):
-    """Measure a model on a store: MAE, CS@5, 1CoA, gender accuracy, per-group MAE."""
-    if protocol == "split" and (descriptor or epochs or no_rapl or no_gender or device or augment_with != "none"):
-        raise click.UsageError("--descriptor, --epochs, --no-rapl, --no-gender, --device and --augment apply to --protocol lopo only")
-    if protocol == "lopo" and (model or exclude_near_duplicates is not None or split != "test"):
+def evaluate(store, model, split, protocol, folds, descriptor, epochs, seed, no_rapl, no_gender, device, augment_with,
+             repeats, as_json, report, exclude_near_duplicates):
+    """Measure a model on a store: MAE, CS@5, 1CoA, gender accuracy, MAE and bias per decade, per-group MAE."""
+    if protocol == "split" and (descriptor or epochs or no_rapl or no_gender or device or augment_with != "none" or repeats):
+        raise click.UsageError("--descriptor, --epochs, --no-rapl, --no-gender, --device, --augment and --repeats apply to "
+                               "--protocol lopo and folds only")
+    if protocol in ("lopo", "folds") and (model or exclude_near_duplicates is not None or split != "test"):
         raise click.UsageError("--model, --split and --exclude-near-duplicates apply to --protocol split only")
-    if protocol == "lopo":
+    if protocol in ("lopo", "folds"):
+        _check_repeats(repeats, store)
         options = _head_options(epochs, seed, no_rapl, no_gender)
-        from agestimate.training.protocols import leave_one_person_out
+        from agestimate.training.protocols import person_folds
 
-        result = leave_one_person_out(store, descriptor=descriptor, options=options, device=device, progress=True,
-                                      augment_with=augment_with)
+        result = person_folds(list(store), folds=None if protocol == "lopo" else folds, descriptor=descriptor,
+                              options=options, device=device, progress=True, augment_with=augment_with, repeats=repeats)
     else:
         if model is None:
-            raise click.UsageError("--model is required unless --protocol lopo")
+            raise click.UsageError("--model is required unless --protocol lopo or folds")
+        if len(store) > 1:
+            raise click.UsageError("--protocol split measures one --store")
+        store = store[0]
         from agestimate.evaluation import evaluate as evaluate_model
 
         result = evaluate_model(model, store, split=split, exclude_near_duplicates=exclude_near_duplicates)
@@ -272,7 +309,8 @@ def evaluate(store, model, split, protocol, descriptor, epochs, seed, no_rapl, n
     if report:
         from agestimate.report import write_report
 
-        write_report(result, report, title=f"agestimate eval: {store}", command=" ".join(sys.argv))
+        write_report(result, report, title=f"agestimate eval: {', '.join(store) if protocol != 'split' else store}",
+                     command=" ".join(sys.argv))
 
 
 @cli.command()

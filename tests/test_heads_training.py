@@ -10,7 +10,7 @@ from agestimate.errors import ModelFileError  # noqa: E402
 from agestimate.heads import AgeGenderHeads  # noqa: E402
 from agestimate.training.export import save_model_dir  # noqa: E402
 from agestimate.training.fit import FittedHeads, HeadOptions, fit_heads  # noqa: E402
-from agestimate.training.heads import AgeGenderNet, gender_loss  # noqa: E402
+from agestimate.training.heads import AgeGenderNet, distribution_loss, gender_loss, variance_loss  # noqa: E402
 from agestimate.training.references import encode_age_positions, select_references  # noqa: E402
 
 N_TRAIN = 450
@@ -115,6 +115,31 @@ def test_gender_loss_ignores_unknown_labels():
     assert torch.allclose(gender_loss(logits, gender), torch.nn.functional.cross_entropy(logits[known], gender[known]))
     nothing_known = torch.full((5,), -1)
     assert gender_loss(logits.requires_grad_(), nothing_known).item() == 0.0
+
+
+def test_distribution_sharpening_losses(fitted):
+    grid = torch.arange(11, dtype=torch.float32)
+    point, spread = torch.zeros(1, 11), torch.full((1, 11), 1 / 11)
+    point[0, 4] = 1.0
+    assert variance_loss(point, grid).item() == 0.0
+    assert variance_loss(spread, grid).item() == pytest.approx(10.0)  # uniform over 0..10
+    target = torch.softmax(-0.5 * ((grid - 4) / 2.0) ** 2, dim=0)[None]
+    best = distribution_loss(target, grid, torch.tensor([4.0]), 2.0)
+    assert best.item() < distribution_loss(spread, grid, torch.tensor([4.0]), 2.0).item()
+    assert best.item() < distribution_loss(target, grid, torch.tensor([7.0]), 2.0).item()
+    sharp = train(HeadOptions(**{**vars(FAST), "variance_weight": 0.5}))
+    assert "train_variance_loss" in sharp.history[-1]
+    assert predicted_variance(sharp) < 0.7 * predicted_variance(fitted)
+    with pytest.raises(ValueError, match="evr"):
+        HeadOptions(regression="fc", variance_weight=0.1)
+
+
+def predicted_variance(fitted):
+    """Mean variance of the age distributions a model predicts for the synthetic validation faces."""
+    (_, _, _), (X_va, _, _) = split(*synthetic_data())
+    with torch.no_grad():
+        out = fitted.model(torch.from_numpy(X_va))
+    return variance_loss(out["age_probs"], fitted.model.age_grid).item()
 
 
 def test_position_logits_equal_eq6_written_out():

@@ -5,6 +5,7 @@ from agestimate.metrics import (
     age_group,
     age_group_labels,
     age_metrics,
+    bias,
     cumulative_score,
     exact_accuracy,
     gender_accuracy,
@@ -50,6 +51,12 @@ def test_gender_accuracy_ignores_unknown():
     assert gender_accuracy([0, 1], [-1, -1]) is None  # a model without a gender head
 
 
+def test_bias_is_signed_predicted_minus_true():
+    assert bias(Y_TRUE, Y_PRED) == pytest.approx((2 + 0 - 5 + 10) / 4)
+    assert bias([30, 30], [20, 40]) == 0.0  # errors that cancel: MAE 10, no bias
+    assert mae_by_group(Y_TRUE, Y_PRED, ["a", "a", "b", "b"], signed=True) == {"a": 1.0, "b": 2.5}
+
+
 def test_mae_by_group():
     assert mae_by_group(Y_TRUE, Y_PRED, ["a", "a", "b", "b"]) == {"a": 1.0, "b": 7.5}
     assert mae_by_group(Y_TRUE, Y_PRED, np.array([2, 1, 2, 1])) == {1: 5.0, 2: 3.5}
@@ -63,6 +70,9 @@ def test_summary_keys_and_values():
     assert result["mae_60plus"] == pytest.approx(7.5)
     assert result["mae_10_19"] == pytest.approx(2.0)
     assert result["mae_0_9"] is None and result["mae_100plus"] is None
+    assert result["bias"] == pytest.approx((2 + 0 - 5 + 10) / 4)
+    assert result["bias_60_69"] == pytest.approx(-5.0) and result["bias_70_79"] == pytest.approx(10.0)
+    assert result["bias_0_9"] is None
     assert result["gender_accuracy"] == pytest.approx(2 / 3)
     # groups of true/predicted age: Adience-8 2/2 3/3 7/7 7/7, 5-year 2/2 4/4 13/12 15/17, 10-year 1/1 2/2 6/6 7/8
     expected = {"one_off_adience8": 1.0, "exact_adience8": 1.0, "one_off_bins5": 0.75, "exact_bins5": 0.5,

@@ -168,7 +168,7 @@ def test_a_format_the_browser_cannot_draw_is_drawn_by_the_server(browser, url, t
     assert not error and status.startswith("1 face in face.tiff"), status
     from selenium.webdriver.support.ui import WebDriverWait
 
-    annotated = WebDriverWait(browser, 60).until(
+    WebDriverWait(browser, 60).until(
         lambda driver: driver.find_element("id", "annotated") if driver.find_element("id", "annotated").is_displayed()
         and driver.execute_script("return document.getElementById('annotated').naturalWidth") else False)
     assert browser.execute_script("return document.getElementById('annotated').naturalWidth") == Image.open(tiff).width

@@ -18,7 +18,7 @@ from agestimate.store import EmbeddingStore  # noqa: E402
 
 from conftest import add_bad_files  # noqa: E402
 
-EXPECTED_KEYS = {"n", "mae", "cs5", "one_off_adience8", "exact_adience8", "gender_accuracy", "mae_60plus"}
+EXPECTED_KEYS = {"n", "mae", "cs5", "one_off_adience8", "exact_adience8", "gender_accuracy", "mae_60plus", "bias", "bias_20_29"}
 
 
 def run(*args, exit_code=0):
@@ -124,6 +124,7 @@ def test_eval_json_report_and_lopo(trained, tmp_path):
     run("eval", "--model", model, "--store", store, "--split", "all", "--report", tmp_path / "report")
     assert {p.name for p in (tmp_path / "report").iterdir()} >= {
         "report.md", "metrics.json", "predicted_vs_true.png", "confusion_adience8.png", "mae_per_decade.png"}
+    assert "| true age | faces | MAE | bias |" in (tmp_path / "report" / "report.md").read_text()
     clean = json.loads(run("eval", "--model", model, "--store", store, "--exclude-near-duplicates", "0.3", "--json").stdout)
     assert clean["n"] + clean["excluded_near_duplicates"] == 4 and clean["mae_with_near_duplicates"] == metrics["mae"]
     lopo = json.loads(run("eval", "--store", store, "--protocol", "lopo", "--epochs", "2", "--json").stdout)
@@ -303,3 +304,54 @@ def test_clear_errors_for_a_card_without_descriptor_rapl_with_one_epoch_and_a_mi
         db.execute("UPDATE labels SET split = 'train' WHERE split = 'val'")
     failed = run("ablation", "--store", tmp_path / "s", "--seeds", "0", "--epochs", "2", exit_code=1)
     assert "needs labelled faces in the train, val and test splits; none in ['val']" in failed.output
+
+
+@pytest.fixture(scope="module")
+def people_store(trained, tmp_path_factory):
+    """The same faces as a store like FG-NET: people, no split."""
+    _, _, folder = trained
+    root = tmp_path_factory.mktemp("people")
+    rows = list(csv.reader(open(folder / "labels.csv")))[1:]
+    with open(root / "labels.csv", "w", newline="") as stream:
+        csv.writer(stream).writerows([["path", "age", "gender", "person"], *[[str(folder / row[0]), *row[1:3], f"q{row[3]}"] for row in rows]])
+    run("embed", folder, "--store", root / "store", "--labels", root / "labels.csv")
+    return root / "store"
+
+
+def test_train_on_two_stores_refits_with_every_person(trained, people_store, tmp_path):
+    store, _, _ = trained
+    result = run("train", "--store", store, "--store", people_store, "--out", tmp_path / "m", "--epochs", "3", "--refit",
+                 "--val-fraction", "0.25", "--repeats", "1,2", "--json")
+    card = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert card["data"]["stores"] == [str(store), str(people_store)]
+    assert card["data"]["faces_per_source"] == {str(store): {"train": 8, "val": 4, "test": 4}, str(people_store): {"train": 16}}
+    assert card["data"]["faces_per_split"] == {"train": 24, "val": 4, "test": 4}
+    choice = card["epoch_choice"]
+    assert choice["val_faces_per_source"] == {str(store): 4, str(people_store): 4}  # one of four people held out
+    assert card["best_epoch"] == choice["best_epoch"] and len(card["history"]) == choice["best_epoch"]
+    assert set(card["metrics_by_source"]) == {str(store), str(people_store)}
+    assert set(card["metrics_by_source"][str(people_store)]) == {"train"}
+    assert "store_test_mae" in json.loads(result.stdout)
+    assert card["data"]["repeats_per_epoch"] == {str(store): 1, str(people_store): 2}
+    wrong = CliRunner().invoke(cli, ["train", "--store", str(store), "--out", str(tmp_path / "x"), "--repeats", "1,2"])
+    assert wrong.exit_code == 2 and "one count of 1 or more per --store" in wrong.output
+
+
+def test_person_folds_protocol_over_two_stores(trained, people_store):
+    store, _, _ = trained
+    folds = json.loads(run("eval", "--store", store, "--store", people_store, "--protocol", "folds", "--folds", "2",
+                           "--epochs", "2", "--json").stdout)
+    assert folds["n"] == 32 and "bias_20_29" in folds  # the people of both stores, each predicted once
+    result = CliRunner().invoke(cli, ["eval", "--store", str(store), "--protocol", "folds", "--folds", "9", "--epochs", "2"])
+    assert result.exit_code == 1 and "9 folds of 4 people" in result.output
+
+
+def test_train_without_label_outliers_and_near_duplicates(trained, tmp_path):
+    store, _, _ = trained
+    run("train", "--store", store, "--out", tmp_path / "m", "--epochs", "2", "--exclude-near-duplicates", "0.3",
+        "--exclude-label-outliers")
+    data = json.loads((tmp_path / "m" / "model.json").read_text())["data"]
+    excluded = data["excluded_training_faces"]
+    assert set(excluded) == {"label_outliers", "near_duplicates_of_val_test"} and data["near_duplicate_threshold"] == 0.3
+    assert excluded["label_outliers"] == 2  # of 8 training faces aged 3 to 70: the outer ages sit among 25-year-olds
+    assert data["faces_per_split"] == {"train": 8 - sum(excluded.values()), "val": 4, "test": 4}

@@ -50,6 +50,11 @@ class HeadOptions:
         Expected value refinement, or the plain FC regression ablation.
     lam, mu : float
         Weights of the gender and position losses (Eq. 8).
+    variance_weight : float
+        Weight of the variance term of the mean-variance loss (0: off; the paper's 0.05).
+    distribution_weight, distribution_sigma : float
+        Weight (0: off) of the label distribution loss, and the width in years of its
+        Gaussian target around each true age.
     seed : int
         Seed for initialisation, shuffling and dropout.
     """
@@ -68,6 +73,9 @@ class HeadOptions:
     regression: str = "evr"
     lam: float = 1.0
     mu: float = 1.0
+    variance_weight: float = 0.0
+    distribution_weight: float = 0.0
+    distribution_sigma: float = 2.0
     seed: int = 0
 
     def __post_init__(self):
@@ -75,6 +83,8 @@ class HeadOptions:
             raise ValueError(f"regression must be 'evr' or 'fc', got {self.regression!r}")
         if self.use_rapl and self.epochs < 2:
             raise ValueError(f"RAPL needs epochs >= 2 (epoch 1 has no references), got epochs={self.epochs}")
+        if (self.variance_weight or self.distribution_weight) and self.regression != "evr":
+            raise ValueError("variance_weight and distribution_weight shape the EVR age distribution: regression='evr'")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be positive, got {self.epochs} and {self.batch_size}")
 
@@ -93,10 +103,10 @@ class FittedHeads:
         Age of each RAPL position (the distinct training ages).
     best_epoch : int
         1-based epoch with the lowest validation MAE (among epochs >= 2 with RAPL, whose
-        position head has been trained).
+        position head has been trained); the last epoch when trained without validation.
     history : list of dict
         Per epoch: ``epoch``, ``lr``, ``train_loss`` (and its ``train_age_loss`` /
-        ``train_gender_loss`` / ``train_position_loss`` parts) and ``val_mae``.
+        ``train_gender_loss`` / ``train_position_loss`` parts) and ``val_mae`` (with validation).
     """
 
     model: AgeGenderNet
@@ -176,7 +186,9 @@ def _train_epoch(model, optimizer, batches, data, saved, *, options: HeadOptions
     sums = {}
     for batch in batches:
         outputs = model(X[batch])
-        loss, parts = joint_loss(outputs, ages[batch], genders[batch], positions[batch], lam=options.lam, mu=options.mu)
+        loss, parts = joint_loss(outputs, ages[batch], genders[batch], positions[batch], lam=options.lam, mu=options.mu,
+                                 variance_weight=options.variance_weight, distribution_weight=options.distribution_weight,
+                                 distribution_sigma=options.distribution_sigma, age_grid=model.age_grid)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -215,6 +227,8 @@ def fit_heads(
         0 male, 1 female, -1 unknown (left out of the gender loss); None means all unknown.
     X_val, age_val, gender_val
         The validation set, same conventions; only its MAE is used (to pick the best epoch).
+        ``X_val=None``: no validation set, the last epoch is kept (to refit on more data
+        for an epoch count chosen before).
     options : HeadOptions
         Hyper-parameters.
     device : str or torch.device, optional
@@ -226,11 +240,13 @@ def fit_heads(
     -------
     FittedHeads
     """
-    X_train, X_val = _as_features(X_train, "X_train"), _as_features(X_val, "X_val")
-    if X_val.shape[1] != X_train.shape[1]:
-        raise ValueError(f"X_val has {X_val.shape[1]} features but X_train has {X_train.shape[1]}")
+    X_train = _as_features(X_train, "X_train")
     age_train, gender_train = _as_labels(age_train, gender_train, len(X_train), "train")
-    age_val, _ = _as_labels(age_val, gender_val, len(X_val), "val")
+    if X_val is not None:
+        X_val = _as_features(X_val, "X_val")
+        if X_val.shape[1] != X_train.shape[1]:
+            raise ValueError(f"X_val has {X_val.shape[1]} features but X_train has {X_train.shape[1]}")
+        age_val, _ = _as_labels(age_val, gender_val, len(X_val), "val")
     if options.use_gender and not (gender_train != UNKNOWN_GENDER).any():
         raise ValueError("use_gender=True but no training sample has a known gender; set use_gender=False")
     device = resolve_device(device)
@@ -280,15 +296,20 @@ def fit_heads(
         )
         scheduler.step()
 
-        val_age = _predict(model, X_val, batch_size=8192, device=device)["age"].numpy()
-        val_mae = float(np.abs(val_age - age_val).mean())
-        record = {"epoch": epoch, "lr": lr, **train_losses, "val_mae": val_mae}
+        record = {"epoch": epoch, "lr": lr, **train_losses}
+        if X_val is not None:
+            val_age = _predict(model, X_val, batch_size=8192, device=device)["age"].numpy()
+            record["val_mae"] = float(np.abs(val_age - age_val).mean())
         history.append(record)
         logger.debug("epoch %d: %s", epoch, record)
-        bar.set_postfix(train_loss=f"{record['train_loss']:.3f}", val_mae=f"{val_mae:.3f}")
+        bar.set_postfix(train_loss=f"{record['train_loss']:.3f}", val_mae=f"{record.get('val_mae', np.nan):.3f}")
+        if X_val is None:
+            continue
         # With RAPL, epoch 1 has an untrained position head and no R: not a candidate.
-        if val_mae < best_mae and not (options.use_rapl and epoch == 1):
-            best, best_mae = (epoch, copy.deepcopy(model)), val_mae
+        if record["val_mae"] < best_mae and not (options.use_rapl and epoch == 1):
+            best, best_mae = (epoch, copy.deepcopy(model)), record["val_mae"]
+    if X_val is None:
+        best, best_mae = (options.epochs, model), np.nan
 
     if best is None:
         raise RuntimeError(f"validation MAE was never finite: {[r['val_mae'] for r in history]}")

@@ -198,6 +198,20 @@ def position_loss(position_logits: torch.Tensor, position: torch.Tensor) -> torc
     return F.cross_entropy(position_logits, position)
 
 
+def variance_loss(age_probs: torch.Tensor, age_grid: torch.Tensor) -> torch.Tensor:
+    """Mean variance (years squared) of the predicted age distributions, (b, n_ages) over the
+    ages `age_grid`: the variance term of the mean-variance loss (Pan et al., CVPR 2018)."""
+    mean = age_probs @ age_grid
+    return (age_probs * (age_grid[None, :] - mean[:, None]) ** 2).sum(dim=1).mean()
+
+
+def distribution_loss(age_probs: torch.Tensor, age_grid: torch.Tensor, age: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Label distribution learning (DLDL, Gao et al. 2017): cross-entropy of the predicted
+    age distribution to a Gaussian of width `sigma` years around each true age."""
+    target = torch.softmax(-0.5 * ((age_grid[None, :] - age[:, None]) / sigma) ** 2, dim=1)
+    return -(target * torch.log(age_probs.clamp_min(1e-12))).sum(dim=1).mean()
+
+
 def joint_loss(
     outputs: dict[str, torch.Tensor],
     age: torch.Tensor,
@@ -206,8 +220,15 @@ def joint_loss(
     *,
     lam: float = 1.0,
     mu: float = 1.0,
+    variance_weight: float = 0.0,
+    distribution_weight: float = 0.0,
+    distribution_sigma: float = 2.0,
+    age_grid: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Joint loss L_age + lam * L_gender + mu * L_position (Eq. 8).
+    """Joint loss L_age + lam * L_gender + mu * L_position (Eq. 8), plus, where their weights
+    are not 0, the variance term of the mean-variance loss (`variance_loss`) and the label
+    distribution loss (`distribution_loss`) over the ages `age_grid`, which sharpen the EVR
+    distribution (the L1 age loss is the mean term).
 
     Terms whose head is missing from ``outputs`` (no gender head; RAPL off or its first
     epoch) are left out.
@@ -240,4 +261,12 @@ def joint_loss(
         term = position_loss(outputs["position_logits"], position)
         total = total + mu * term
         parts["position"] = term.item()
+    if variance_weight:
+        term = variance_loss(outputs["age_probs"], age_grid)
+        total = total + variance_weight * term
+        parts["variance"] = term.item()
+    if distribution_weight:
+        term = distribution_loss(outputs["age_probs"], age_grid, age, distribution_sigma)
+        total = total + distribution_weight * term
+        parts["distribution"] = term.item()
     return total, parts

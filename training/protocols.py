@@ -1,4 +1,5 @@
-"""Training protocols over a store: the fixed split, leave-one-person-out, and the ablation."""
+"""Training protocols over stores: the fixed split (with people of unsplit stores added),
+person-grouped folds and leave-one-person-out, and the ablation."""
 
 from __future__ import annotations
 
@@ -12,13 +13,17 @@ from agestimate.calibration import calibrate
 from agestimate.errors import StoreError
 from agestimate.evaluation import Evaluation, labelled_faces, measure, predict_records, select_split
 from agestimate.heads import AgeGenderHeads, gender_codes, update_card
-from agestimate.store import EmbeddingStore, FaceRecords
+from agestimate.store import FaceRecords
 
 from .augment import augment
 from .export import save_model_dir
 from .fit import FittedHeads, HeadOptions, fit_heads
+from .sources import (LabelledSources, assign_splits, held_out_groups, label_quality_exclusions, load_sources,
+                      repeat_index)
 
 logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
 
 # The paper's Table 3 rows, as head options.
 ABLATION_VARIANTS = {
@@ -30,14 +35,17 @@ ABLATION_VARIANTS = {
 }
 
 
-def fit_on(train: FaceRecords, val: FaceRecords, options: HeadOptions, device=None, progress=False,
+def fit_on(train: FaceRecords, val: FaceRecords | None, options: HeadOptions, device=None, progress=False,
            augment_with: str = "none") -> FittedHeads:
     """`fit_heads` on store records, the training part augmented with `augment_with` (see
-    `training.augment`); without any gender label in `train`, the gender head is left out."""
+    `training.augment`); without any gender label in `train`, the gender head is left out.
+    `val=None` trains for ``options.epochs`` and keeps the last epoch."""
     if options.use_gender and not (train.gender >= 0).any():
         logger.warning("no gender labels in the training faces: training without the gender head")
         options = dataclasses.replace(options, use_gender=False)
     X, age, gender = augment(train.features, train.age, train.gender, method=augment_with, seed=options.seed)
+    if val is None:
+        return fit_heads(X, age, gender, None, None, None, options=options, device=device, progress=progress)
     return fit_heads(X, age, gender, val.features, val.age, val.gender, options=options, device=device, progress=progress)
 
 
@@ -49,69 +57,145 @@ def predict_with(fitted: FittedHeads, records: FaceRecords) -> Evaluation:
     return measure(records, outputs["age"], gender)
 
 
-def train(store, out, *, descriptor: str | None = None, options: HeadOptions = HeadOptions(), device=None,
-          progress: bool = False, command: str = "", augment_with: str = "none") -> dict:
-    """Train heads on the store's train split (best epoch on val), save them to `out`,
-    calibrate them on val (see `agestimate.calibration`), return the card.
+def metrics_by_source(fitted: FittedHeads, sources: LabelledSources, split: np.ndarray, splits=SPLITS) -> dict:
+    """``{store: {split: metrics}}`` of a trained model, for the non-empty parts."""
+    result = {}
+    for store in sources.stores:
+        parts = {name: (sources.source == store) & (split == name) for name in splits}
+        result[store] = {name: predict_with(fitted, sources.records.subset(mask)).metrics
+                         for name, mask in parts.items() if mask.any()}
+    return result
 
-    The model card records the data, counts, options, descriptor, embedding model, the
-    calibration and the metrics of the saved (ONNX) model on each split, intervals included.
+
+def train(store, out, *, descriptor: str | None = None, options: HeadOptions = HeadOptions(), device=None,
+          progress: bool = False, command: str = "", augment_with: str = "none", val_fraction: float = 0.1,
+          refit: bool = False, exclude_label_outliers: bool = False,
+          exclude_near_duplicates: float | None = None, repeats=None) -> dict:
+    """Train heads on the train part of one store or several (best epoch on the val part), save
+    them to `out`, return the model card.
+
+    Faces keep their split label; faces without one (a store with no splits, like FG-NET) train,
+    but for `val_fraction` of their people (or images, where no person is known), which join
+    the validation set that chooses the epoch (see `training.sources`). With `refit`, the heads
+    are then trained again from the start, for the chosen number of epochs, with those people
+    added to the training faces: every person of such a store is learnt from, the fixed val
+    split stays held out. `exclude_label_outliers` and `exclude_near_duplicates` (a cosine
+    threshold) leave training faces out (see `training.sources.label_quality_exclusions`).
+    `repeats` (one count per store) shows each training face of a store that many times per
+    epoch (`training.sources.repeat_index`).
+
+    The model card records the data (stores, faces per split and per store, faces left out),
+    the options, descriptor, embedding model and the metrics per split, and per store and
+    split when there are several stores; with `refit`, how the epoch was chosen.
     """
-    with EmbeddingStore(store) as database:
-        descriptor = descriptor or database.descriptor
-        records = database.faces(labelled=True, primary=True, descriptor=descriptor)
-        embedding_model = database.model_sha256
-    splits = {name: select_split(records, name) for name in ("train", "val", "test")}
-    if len(splits["train"]) == 0 or len(splits["val"]) == 0:
+    sources = load_sources(store, descriptor)
+    split = assign_splits(sources, val_fraction=val_fraction, seed=options.seed)
+    excluded = label_quality_exclusions(sources, split, label_outliers=exclude_label_outliers,
+                                        near_duplicates=exclude_near_duplicates)
+    for mask in excluded.values():
+        split[mask] = "excluded"
+    records = sources.records.replace(split=split)
+    parts = {name: records.subset(split == name) for name in SPLITS}
+    if len(parts["train"]) == 0 or len(parts["val"]) == 0:
         raise StoreError(
-            f"{store}: training needs labelled faces in the train and val splits (found {len(splits['train'])} and "
-            f"{len(splits['val'])}); label a split in the CSV, or use `agestimate eval --protocol lopo`"
+            f"{', '.join(sources.stores)}: training needs labelled faces in the train and val parts (found "
+            f"{len(parts['train'])} and {len(parts['val'])}); label a split in the CSV, give --val-fraction above 0, "
+            "or use `agestimate eval --protocol lopo`"
         )
     started = time.perf_counter()
-    fitted = fit_on(splits["train"], splits["val"], options, device, progress, augment_with)
+    fitted = fit_on(records.subset(repeat_index(sources, split == "train", repeats)), parts["val"], options, device,
+                    progress, augment_with)
+    epoch_choice = None
+    held_people = (sources.records.split == "") & (split == "val")
+    if refit and held_people.any():
+        epoch_choice = {
+            "best_epoch": fitted.best_epoch,
+            "val_faces_per_source": {store: n["val"] for store, n in sources.counts(split).items() if "val" in n},
+            "val_metrics_by_source": {store: metrics["val"]
+                                      for store, metrics in metrics_by_source(fitted, sources, split, ("val",)).items() if metrics},
+            "then": "trained again from the start for best_epoch epochs, the held-out people added to the training faces",
+        }
+        split[held_people] = "train"
+        records = records.replace(split=split)
+        parts = {name: records.subset(split == name) for name in SPLITS}
+        fitted = fit_on(records.subset(repeat_index(sources, split == "train", repeats)), None,
+                        dataclasses.replace(options, epochs=fitted.best_epoch), device, progress, augment_with)
     seconds = time.perf_counter() - started
     card = {
-        "data": {"store": str(store), "faces_per_split": {name: len(part) for name, part in splits.items()},
+        "data": {"stores": sources.stores, "faces_per_split": {name: len(part) for name, part in parts.items()},
+                 "faces_per_source": sources.counts(split), "val_fraction": val_fraction,
+                 "excluded_training_faces": {reason: int(mask.sum()) for reason, mask in excluded.items()},
                  "face": "largest face of each labelled image"},
-        "descriptor": descriptor,
+        "descriptor": sources.descriptor,
         "augmentation": augment_with,
-        "embedding_model_sha256": embedding_model,
+        "embedding_model_sha256": sources.embedding_model,
         "training_seconds": round(seconds, 1),
         "command": command,
     }
+    if len(sources.stores) > 1:
+        card["metrics_by_source"] = metrics_by_source(fitted, sources, split)
+    if epoch_choice is not None:
+        card["epoch_choice"] = epoch_choice
+    if exclude_near_duplicates is not None:
+        card["data"]["near_duplicate_threshold"] = exclude_near_duplicates
+    if repeats is not None:
+        card["data"]["repeats_per_epoch"] = dict(zip(sources.stores, map(int, repeats)))
     save_model_dir(fitted, out, card=card)
-    calibrate(out, [(store, "val")])
+    calibrate(out, [(store, "val") for store in sources.stores
+                    if (sources.records.split[sources.source == store] == "val").any()])
     heads = AgeGenderHeads.load(out)
-    card["metrics"] = {name: predict_records(heads, part).metrics for name, part in splits.items() if len(part)}
+    card["metrics"] = {name: predict_records(heads, part).metrics for name, part in parts.items() if len(part)}
     return update_card(out, metrics=card["metrics"])
+
+
+def person_folds(stores, *, folds: int | None = 5, descriptor: str | None = None, options: HeadOptions = HeadOptions(),
+                 device=None, val_fraction: float = 0.1, progress: bool = False, augment_with: str = "none",
+                 repeats=None) -> Evaluation:
+    """Person-grouped cross-validation: every face with a person label is predicted by heads
+    that never saw that person; metrics over all those faces.
+
+    The people (of all `stores`; see `training.sources`) are shuffled with the options' seed
+    and dealt into `folds` folds (None: one per person, leave-one-person-out). For each fold,
+    the heads train on the other folds' people, except `val_fraction` of them held out to
+    choose the epoch, and on the faces without a person of the train split or of no split
+    (UTKFace's train split); the faces without a person of the val split join the validation
+    set, those of the test split are never used. `repeats`: as in `train`.
+    """
+    sources = load_sources(stores, descriptor)
+    records, groups = sources.records, sources.groups
+    has_person = records.person != ""
+    people = np.array(sorted(set(groups[has_person].tolist())), dtype=object)
+    if len(people) < 3:
+        raise StoreError(f"{', '.join(sources.stores)}: person folds need person labels for at least 3 people, "
+                         f"found {len(people)}")
+    n_folds = len(people) if folds is None else folds
+    if not 2 <= n_folds <= len(people):
+        raise StoreError(f"{', '.join(sources.stores)}: {n_folds} folds of {len(people)} people; give 2 to {len(people)}")
+    rng = np.random.default_rng(options.seed)
+    fixed_val = ~has_person & (records.split == "val")
+    free = ~has_person & ~np.isin(records.split, ("val", "test"))
+    predicted_age = np.full(len(records), np.nan, np.float32)
+    predicted_gender = np.full(len(records), -1, np.int64)
+    for fold in tqdm_if(np.array_split(rng.permutation(people), n_folds), progress, "lopo" if folds is None else "folds"):
+        held_out = np.isin(groups, fold)
+        val_people = held_out_groups(groups, has_person & ~held_out, fraction=val_fraction, rng=rng)
+        training = repeat_index(sources, (has_person & ~held_out & ~val_people) | free, repeats)
+        fitted = fit_on(records.subset(training), records.subset(val_people | fixed_val), options, device,
+                        augment_with=augment_with)
+        result = predict_with(fitted, records.subset(held_out))
+        predicted_age[held_out] = result.predicted_age
+        predicted_gender[held_out] = result.predicted_gender
+    return measure(records.subset(has_person), predicted_age[has_person], predicted_gender[has_person])
 
 
 def leave_one_person_out(store, *, descriptor: str | None = None, options: HeadOptions = HeadOptions(),
                          device=None, val_fraction: float = 0.1, progress: bool = False,
                          augment_with: str = "none") -> Evaluation:
-    """Train on all other people, predict the one left out, for every person; metrics over all faces.
-
-    The best epoch is chosen on a validation set of other people (`val_fraction` of them,
-    drawn with the options' seed), never on the person left out.
-    """
-    records, _ = labelled_faces(store, descriptor)
-    people = np.array(sorted(set(records.person.tolist()) - {""}))
-    if len(people) < 3:
-        raise StoreError(f"{store}: leave-one-person-out needs person labels for at least 3 people, found {len(people)}")
-    predicted_age = np.full(len(records), np.nan, np.float32)
-    predicted_gender = np.full(len(records), -1, np.int64)
-    rng = np.random.default_rng(options.seed)
-    for person in tqdm_if(people, progress, "lopo"):
-        others = people[people != person]
-        val_people = rng.choice(others, size=max(1, round(val_fraction * len(others))), replace=False)
-        held_out = records.person == person
-        val = np.isin(records.person, val_people)
-        fitted = fit_on(records.subset(~held_out & ~val), records.subset(val), options, device, augment_with=augment_with)
-        result = predict_with(fitted, records.subset(held_out))
-        predicted_age[held_out] = result.predicted_age
-        predicted_gender[held_out] = result.predicted_gender
-    scored = records.person != ""
-    return measure(records.subset(scored), predicted_age[scored], predicted_gender[scored])
+    """Train on all other people, predict the one left out, for every person: `person_folds`
+    with one fold per person (the best epoch chosen on a `val_fraction` of the other people,
+    never on the person left out)."""
+    return person_folds(store, folds=None, descriptor=descriptor, options=options, device=device,
+                        val_fraction=val_fraction, progress=progress, augment_with=augment_with)
 
 
 def ablation(store, *, descriptor: str | None = None, seeds=(0, 1, 2), options: HeadOptions = HeadOptions(),
