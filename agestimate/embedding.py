@@ -84,6 +84,95 @@ def _describe(label: FaceLabel) -> str:
                      for name, value in values.items() if value is not None) or "no values"
 
 
+class StoreRecorder:
+    """What became of each file of an `embed` run, recorded in the store (file row, label), in
+    the summary and on the progress bar. Shared by the local engine and the Ray engine
+    (`agestimate.distributed.embed`), so both keep the same record."""
+
+    def __init__(self, db: EmbeddingStore, summary: EmbedSummary, *, read_label=None, labels=None, total: int,
+                 show_progress: bool = False):
+        self.db, self.summary, self.read_label, self.labels = db, summary, read_label, labels
+        self.progress = tqdm(total=total, disable=not show_progress, unit="img", desc="embed", dynamic_ncols=True)
+
+    def label_of(self, path: Path) -> FaceLabel | None:
+        if self.read_label is None:
+            return None
+        try:
+            label = self.read_label(path)
+        except LabelError as error:
+            self.summary.label_problems.append((str(path), str(error)))
+            return None
+        self.summary.labelled += 1
+        return label
+
+    def conflict(self, path: Path, label: FaceLabel, replaced: FaceLabel | None) -> None:
+        if replaced is not None:
+            self.summary.label_conflicts.append(
+                (str(path), f"{path}: label ({_describe(label)}) replaces ({_describe(replaced)}) of the same content"))
+
+    def new_file(self, path: Path) -> os.stat_result | None:
+        """The file's stat if it needs work; None if it was processed before with the same size and
+        modification time (its label applied to what was stored), or cannot be read (recorded)."""
+        try:
+            stat = path.stat()
+        except OSError as error:
+            self.fail(path, None, None, "unreadable", f"cannot read file ({error.strerror or error})")
+            return None
+        seen = self.db.file_status(path, stat.st_size, stat.st_mtime_ns)
+        if seen is None:
+            return stat
+        status, sha256 = seen
+        self.summary.already_failed += status == "error"
+        self.summary.already_stored += status != "error"
+        label = self.label_of(path) if status != "error" else None
+        if label is not None:  # labels given now apply to what was stored before
+            self.conflict(path, label, self.db.set_label(sha256, label, source=str(self.labels)))
+        self.progress.update()
+        return None
+
+    def settle(self, path: Path, stat, sha256: str, status: str) -> None:
+        label = self.label_of(path)
+        self.conflict(path, label, self.db.add_file(path, stat.st_size, stat.st_mtime_ns, sha256, status, label=label,
+                                                    label_source=str(self.labels)))
+        self.progress.update()
+
+    def fail(self, path: Path, stat, sha256: str | None, kind: str, reason: str) -> None:
+        self.db.add_file(path, stat and stat.st_size, stat and stat.st_mtime_ns, sha256, "error", kind=kind, reason=reason)
+        self.summary.errors_by_kind[kind] += 1
+        self.summary.errors.append((str(path), reason))
+        self.progress.update()
+
+    def image(self, encoded, sha256: str, files: list[tuple[Path, os.stat_result]]) -> None:
+        """Store one encoded image and settle the files that hold its content; an image stored
+        already (by another process, or a copy encoded earlier in this run) is not stored twice."""
+        summary = self.summary
+        if encoded.error is not None:
+            for path, stat in files:
+                self.fail(path, stat, sha256, encoded.error.kind, encoded.error.reason)
+            return
+        if not self.db.add_image(sha256, encoded.width, encoded.height, encoded.faces, encoded.embeddings, encoded.features):
+            summary.already_stored += len(files)
+        else:
+            summary.faces += len(encoded.faces)
+            summary.faces_by_method.update(face.method for face in encoded.faces)
+            if encoded.faces:
+                summary.embedded += 1
+            else:
+                summary.no_face += 1
+            summary.already_stored += len(files) - 1
+        for path, stat in files:
+            self.settle(path, stat, sha256, "embedded" if encoded.faces else "no_face")
+
+    def close(self) -> None:
+        self.progress.close()
+
+    def __enter__(self) -> StoreRecorder:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
 def embed(
     sources: Iterable[str | Path],
     *,
@@ -100,6 +189,7 @@ def embed(
     providers=None,
     threads: int | None = None,
     show_progress: bool = False,
+    index: str | None = None,
 ) -> EmbedSummary:
     """Detect, align and embed every face in `sources` into the store at `store`.
 
@@ -120,6 +210,8 @@ def embed(
     descriptor : features stored beside each embedding (see `agestimate.descriptors`).
     backend, precision, providers, threads : what runs the models (see `FaceEncoder`); the
         summary's `runtime` says what did.
+    index : the store's search index: "auto", "flat" or "ivf" (see `agestimate.search_index`;
+        None: keep the store's choice, "auto" for a new store).
     """
     started = time.perf_counter()
     summary = EmbedSummary()
@@ -127,65 +219,29 @@ def embed(
     found = expand_sources(sources, recursive=True)
     paths, summary.ignored, summary.unmatched = found.images, found.ignored + found.videos, found.unmatched
     summary.files = len(paths)
-    with EmbeddingStore(store, model_sha256=REGISTRY["recognizer"].sha256, descriptor=descriptor, create=True) as db, tqdm(
-        total=len(paths), disable=not show_progress, unit="img", desc="embed", dynamic_ncols=True
-    ) as progress:
+    with EmbeddingStore(store, model_sha256=REGISTRY["recognizer"].sha256, descriptor=descriptor, create=True,
+                        index=index) as db, StoreRecorder(db, summary, read_label=read_label, labels=labels, total=len(paths),
+                                                          show_progress=show_progress) as record:
         in_flight: dict[str, tuple[str, os.stat_result]] = {}  # path -> (sha256, stat) at the encoder
         copies: dict[str, list] = {}  # sha256 at the encoder -> [(path, stat)] of other files with that content
-
-        def label_of(path: Path) -> FaceLabel | None:
-            if read_label is None:
-                return None
-            try:
-                label = read_label(path)
-            except LabelError as error:
-                summary.label_problems.append((str(path), str(error)))
-                return None
-            summary.labelled += 1
-            return label
-
-        def conflict(path: Path, label: FaceLabel, replaced: FaceLabel | None) -> None:
-            if replaced is not None:
-                summary.label_conflicts.append(
-                    (str(path), f"{path}: label ({_describe(label)}) replaces ({_describe(replaced)}) of the same content"))
-
-        def settle(path: Path, stat, sha256: str, status: str) -> None:
-            label = label_of(path)
-            conflict(path, label, db.add_file(path, stat.st_size, stat.st_mtime_ns, sha256, status, label=label,
-                                              label_source=str(labels)))
-            progress.update()
-
-        def fail(path: Path, stat, sha256: str | None, kind: str, reason: str) -> None:
-            db.add_file(path, stat and stat.st_size, stat and stat.st_mtime_ns, sha256, "error", kind=kind, reason=reason)
-            summary.errors_by_kind[kind] += 1
-            summary.errors.append((str(path), reason))
-            progress.update()
 
         def to_encode() -> list[Path]:
             """Paths whose content is new; the others are settled here, in order (in this thread:
             the encoder reads its sources in a thread of its own)."""
             new = []
             for path in paths:
+                stat = record.new_file(path)
+                if stat is None:
+                    continue
                 try:
-                    stat = path.stat()
-                    seen = db.file_status(path, stat.st_size, stat.st_mtime_ns)
-                    if seen is not None:
-                        status, sha256 = seen
-                        summary.already_failed += status == "error"
-                        summary.already_stored += status != "error"
-                        label = label_of(path) if status != "error" else None
-                        if label is not None:  # labels given now apply to what was stored before
-                            conflict(path, label, db.set_label(sha256, label, source=str(labels)))
-                        progress.update()
-                        continue
                     sha256 = file_sha256(path)
                 except OSError as error:
-                    fail(path, None, None, "unreadable", f"cannot read file ({error.strerror or error})")
+                    record.fail(path, None, None, "unreadable", f"cannot read file ({error.strerror or error})")
                     continue
                 stored_faces = db.image_faces(sha256)
                 if stored_faces is not None:
                     summary.already_stored += 1
-                    settle(path, stat, sha256, "embedded" if stored_faces else "no_face")
+                    record.settle(path, stat, sha256, "embedded" if stored_faces else "no_face")
                 elif sha256 in copies:
                     copies[sha256].append((path, stat))
                 else:
@@ -203,22 +259,6 @@ def embed(
         encoded_images = [] if encoder is None else encoder.encode_batch(new_paths, batch_size=batch_size)
         for encoded in encoded_images:
             sha256, stat = in_flight.pop(encoded.source)
-            done = [(Path(encoded.source), stat)] + copies.pop(sha256)
-            if encoded.error is not None:
-                for path, path_stat in done:
-                    fail(path, path_stat, sha256, encoded.error.kind, encoded.error.reason)
-                continue
-            if not db.add_image(sha256, encoded.width, encoded.height, encoded.faces, encoded.embeddings, encoded.features):
-                summary.already_stored += len(done)  # another process stored it meanwhile
-            else:
-                summary.faces += len(encoded.faces)
-                summary.faces_by_method.update(face.method for face in encoded.faces)
-                if encoded.faces:
-                    summary.embedded += 1
-                else:
-                    summary.no_face += 1
-                summary.already_stored += len(done) - 1
-            for path, path_stat in done:
-                settle(path, path_stat, sha256, "embedded" if encoded.faces else "no_face")
+            record.image(encoded, sha256, [(Path(encoded.source), stat)] + copies.pop(sha256))
     summary.seconds = time.perf_counter() - started
     return summary

@@ -38,6 +38,7 @@ from .errors import StoreError
 from .descriptors import EMBEDDING_DIM, Descriptor
 from .faces import FaceDetection
 from .labels import FaceLabel
+from .search_index import build_index, check_kind, describe, index_kind, needs_rebuild, tune_for_range
 
 logger = logging.getLogger(__name__)
 
@@ -145,10 +146,12 @@ class EmbeddingStore:
     model_sha256 : SHA-256 of the embedding model; required to create, checked when opening.
     descriptor : name of the descriptor of the stored features; required to create, checked when opening.
     create : create the store if it does not exist.
+    index : the search index, "auto", "flat" or "ivf" (see `agestimate.search_index`); kept in the
+        store and applied when the index is next written. None: the store's choice ("auto" if new).
     """
 
     def __init__(self, path: str | Path, *, model_sha256: str | None = None, descriptor: str | None = None,
-                 create: bool = False):
+                 create: bool = False, index: str | None = None):
         self.path = Path(path)
         database = self.path / DATABASE
         if not database.is_file():
@@ -189,6 +192,11 @@ class EmbeddingStore:
         self._index_version: int | None = None  # the record version the loaded index shows
         self._index_unsaved = False  # the loaded index differs from index.faiss
         self._faces_changed = False  # this process added or deleted faces
+        self.index_kind = check_kind(index or self._meta("index") or "auto")
+        if self.index_kind != (self._meta("index") or "auto"):  # a new choice: kept, and applied at close
+            with self._db:
+                self._db.execute("INSERT OR REPLACE INTO meta VALUES ('index', ?)", (self.index_kind,))
+            self._index_unsaved = True
 
     # -- the FAISS index -------------------------------------------------------------------
     def _meta(self, key: str) -> str | None:
@@ -212,8 +220,9 @@ class EmbeddingStore:
             self._index, self._index_version = self._load_index(version), version
         return self._index
 
-    def _new_index(self) -> faiss.IndexIDMap2:
-        return faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
+    def _new_index(self, ids: np.ndarray, vectors: np.ndarray) -> faiss.IndexIDMap2:
+        """The index of `index_kind` over these faces: exact, or IVF trained on them (see `search_index`)."""
+        return build_index(vectors, ids, self.index_kind, dim=self.dim)
 
     def _load_index(self, version: int) -> faiss.IndexIDMap2:
         """`index.faiss`, trusted if it was written at `version` and holds as many faces as the
@@ -226,6 +235,11 @@ class EmbeddingStore:
                 index = faiss.read_index(str(index_file))
             except RuntimeError as error:
                 problem = f"unreadable ({str(error).splitlines()[0]})"
+        if index is not None and needs_rebuild(index, self.index_kind):  # another kind, or outgrown
+            logger.info("%s: index is %s, the store asks for %s at %d faces; rebuilding it", index_file,
+                        describe(index), self.index_kind, count)
+            self._index_unsaved = True
+            return self._new_index(*self._all_embeddings())
         if index is not None and self._meta("index_version") == str(version) and index.ntotal == count:
             return index
         ids, vectors = self._all_embeddings()
@@ -244,11 +258,8 @@ class EmbeddingStore:
         if problem:  # expected after this process changed the faces; news to a reader
             logger.log(logging.DEBUG if self._faces_changed else logging.WARNING,
                        "%s: index %s; rebuilding it from the record (%d faces)", index_file, problem, len(ids))
-        self._index_unsaved = bool(problem)
-        index = self._new_index()
-        if len(ids):
-            index.add_with_ids(vectors, ids)
-        return index
+        self._index_unsaved = self._index_unsaved or bool(problem)
+        return self._new_index(ids, vectors)
 
     def _mark_index_saved(self, version: int) -> None:
         """Record that index.faiss shows the record at `version` (inside a transaction, or alone)."""
@@ -485,7 +496,7 @@ class EmbeddingStore:
             among = np.unique(np.asarray(among, dtype=np.int64))
             excluded = self.index.ntotal - int(np.isin(faiss.vector_to_array(self.index.id_map), among).sum())
             if excluded > MAX_OVERFETCH:  # FAISS filters while it searches: exact, but without BLAS (10x slower)
-                return self.index.search(queries, k, params=self._only(among))
+                return self.index.search(queries, k, params=self._only(among, self.index))
             if excluded:  # the k + excluded best hold the k best allowed ones: search those, drop the rest
                 similarities, face_ids = self.index.search(queries, min(k + excluded, self.index.ntotal))
                 allowed = np.isin(face_ids, among)
@@ -509,7 +520,17 @@ class EmbeddingStore:
         among : only these face ids.
         """
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
-        limits, similarities, face_ids = self.index.range_search(queries, threshold)
+        index = self.index
+        if index_kind(index) == "ivf":  # pairs this close need far fewer cells than nearest neighbours do
+            ivf = faiss.downcast_index(index.index)
+            nearest_neighbours_nprobe = ivf.nprobe
+            tune_for_range(index, self._all_embeddings()[1], threshold)
+            try:
+                limits, similarities, face_ids = index.range_search(queries, threshold)
+            finally:
+                ivf.nprobe = nearest_neighbours_nprobe
+        else:
+            limits, similarities, face_ids = index.range_search(queries, threshold)
         if among is None:
             return limits, similarities, face_ids
         keep = np.isin(face_ids, np.asarray(among, dtype=np.int64))
@@ -517,9 +538,12 @@ class EmbeddingStore:
         return kept_before[limits.astype(np.int64)].astype(limits.dtype), similarities[keep], face_ids[keep]
 
     @staticmethod
-    def _only(face_ids) -> faiss.SearchParameters:
+    def _only(face_ids, index) -> faiss.SearchParameters:
         selector = faiss.IDSelectorBatch(np.ascontiguousarray(face_ids, dtype=np.int64))
-        parameters = faiss.SearchParameters(sel=selector)
+        if index_kind(index) == "ivf":  # IVF takes its own parameters, nprobe among them
+            parameters = faiss.SearchParametersIVF(sel=selector, nprobe=faiss.downcast_index(index.index).nprobe)
+        else:
+            parameters = faiss.SearchParameters(sel=selector)
         parameters.selector_alive = selector  # the SWIG wrapper does not keep it alive by itself
         return parameters
 
@@ -543,6 +567,7 @@ class EmbeddingStore:
             "faces": one(f"SELECT COUNT(*) FROM faces WHERE {current}"),
             "stale_images": one("SELECT COUNT(*) FROM temp.stale"),
             "index_faces": int(self.index.ntotal),
+            "index": f"{describe(self.index)}, setting {self.index_kind}",
             "files": dict(self._db.execute("SELECT status, COUNT(*) FROM files GROUP BY status")),
             "errors_by_kind": dict(self._db.execute("SELECT kind, COUNT(*) FROM files WHERE status = 'error' GROUP BY kind")),
             "faces_by_method": dict(self._db.execute(f"SELECT method, COUNT(*) FROM faces WHERE {current} GROUP BY method")),

@@ -14,6 +14,7 @@ from agestimate.descriptors import DEFAULT_DESCRIPTOR, Descriptor
 from agestimate.errors import AgestimateError
 from agestimate.images import DEFAULT_MAX_PIXELS
 from agestimate.runtimes import BACKENDS, PRECISIONS
+from agestimate.search_index import INDEX_KINDS
 
 
 def _fail_cleanly(function):
@@ -44,6 +45,25 @@ def runtime_options(function):
                         help="Runtime of the face models (default: onnxruntime when it offers CUDA, else openvino).")(function)
 
 
+def engine_options(function):
+    """--engine, --ray-address and --actors: where the work runs (see `agestimate.distributed`)."""
+    function = click.option("--actors", type=int, default=None,
+                            help="Ray: actors, each holding one loaded model (default: one per GPU, else one per CPU).")(function)
+    function = click.option("--ray-address", default=None,
+                            help="Ray: the cluster to join, e.g. auto or ray://head:10001 (default: RAY_ADDRESS, else the Ray "
+                                 "`ray start` started on this machine, else a new local Ray).")(function)
+    return click.option("--engine", default="local", show_default=True, type=click.Choice(["local", "ray"]),
+                        help="local: this process; ray: a pool of Ray actors (needs the ray extra).")(function)
+
+
+def _engine_arguments(engine, ray_address, actors) -> dict:
+    if engine == "ray":
+        return {"ray_address": ray_address, "actors": actors}
+    if ray_address or actors:
+        raise click.UsageError("--ray-address and --actors apply to --engine ray")
+    return {}
+
+
 @click.group()
 @click.option("-v", "--verbose", count=True, help="More log messages on stderr (-vv for debug).")
 def cli(verbose: int) -> None:
@@ -69,18 +89,26 @@ def cli(verbose: int) -> None:
                    "optionally +flip.")
 @click.option("--threads", type=int, default=None, help="Inference threads per model (default: the runtime's choice).")
 @runtime_options
+@click.option("--index", default=None, type=click.Choice(INDEX_KINDS),
+              help="Search index of the store: flat (exact), ivf (approximate) or auto (ivf from 200,000 faces); "
+                   "kept by the store (default: its current choice, auto for a new store).")
+@engine_options
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @_fail_cleanly
 def embed(sources, store, labels, batch_size, crops, max_faces, det_size, det_thresh, descriptor, threads, backend,
-          precision, as_json):
+          precision, index, engine, ray_address, actors, as_json):
     """Embed every face in SOURCES (files, folders, globs) into the store; resumable. Labels
     apply to new and already stored images alike."""
-    from agestimate.embedding import embed as embed_sources
+    engine_arguments = _engine_arguments(engine, ray_address, actors)
+    if engine == "ray":
+        from agestimate.distributed import embed as embed_sources
+    else:
+        from agestimate.embedding import embed as embed_sources
 
     summary = embed_sources(
         sources, store=store, labels=labels, batch_size=batch_size, crops=crops, max_faces=max_faces,
         det_size=det_size, det_thresh=det_thresh, descriptor=descriptor, threads=threads, backend=backend,
-        precision=precision, show_progress=True,
+        precision=precision, show_progress=True, index=index, **engine_arguments,
     )
     for pattern in summary.unmatched:
         click.echo(f"warning: no file matches {pattern}", err=True)
@@ -338,16 +366,12 @@ def ablation(store, descriptor, seeds, epochs, device, as_json):
                    f"{cell('mae_60plus')} | {row['seconds']:.0f} |")
 
 
-PREDICTION_COLUMNS = ["file", "frame", "face", "track", "x1", "y1", "x2", "y2", "age", "age_low", "age_high",
-                      "age_spread", "age_group", "gender", "gender_probability", "confidence", "detection_score",
-                      "detection_method", "neighbours", "error"]
-
-
 @cli.command()
 @click.argument("sources", nargs=-1)
 @click.option("--model", default=None, type=click.Path(file_okay=False),
               help="Model folder, or a shipped model: default (one recogniser pass), flip (two, mirrored), embedding.")
-@click.option("--out", default=None, type=click.Path(dir_okay=False), help="FILE.csv or FILE.jsonl (default: CSV on stdout).")
+@click.option("--out", default=None, type=click.Path(), help="FILE.csv, FILE.jsonl or FOLDER.parquet (default: CSV on stdout); "
+              "an existing one is resumed: its images are skipped.")
 @click.option("--annotate", default=None, type=click.Path(file_okay=False),
               help="Write annotated copies into this folder, each input under its own path.")
 @click.option("--recursive", is_flag=True, help="Walk folders recursively (and ** in globs).")
@@ -364,34 +388,46 @@ PREDICTION_COLUMNS = ["file", "frame", "face", "track", "x1", "y1", "x2", "y2", 
               help="Store whose nearest labelled faces are listed per face (column neighbours).")
 @click.option("--k", default=5, show_default=True, type=click.IntRange(min=1), help="Neighbours per face.")
 @runtime_options
+@engine_options
 @_fail_cleanly
 def predict(sources, model, out, annotate, recursive, max_faces, crops, batch_size, threads, webcam, every, max_frames,
-            interval, neighbours_store, k, backend, precision):
+            interval, neighbours_store, k, backend, precision, engine, ray_address, actors):
     """Age and gender of every face in SOURCES (files, folders, globs, videos): one row per face,
     and one row with the reason for each image or frame with no face or an error. Videos (.mp4,
     .avi, ...) and --webcam give one row per face per frame, faces tracked and smoothed along
     their track (column track), and an annotated .avi with --annotate."""
-    import csv
     import time
     from collections import Counter
 
     from agestimate.estimator import Estimator
+    from agestimate.predictions import PredictionWriter, check_output
     from agestimate.sources import expand_sources, predict_sources
     from agestimate.video import video_name
 
     if not sources and webcam is None:
         raise click.UsageError("give SOURCES or --webcam")
-    if out is not None and not out.endswith((".csv", ".jsonl")):
-        raise click.BadParameter("must end in .csv or .jsonl", param_hint="--out")
+    try:
+        check_output(out)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--out") from error
+    _engine_arguments(engine, ray_address, actors)  # refuses Ray options without --engine ray
     found = expand_sources(sources, recursive=recursive)
     for pattern in found.unmatched:
         click.echo(f"warning: no file matches {pattern}", err=True)
-    videos = {video_name(video) for video in found.videos + ([webcam] if webcam is not None else [])}
+    if engine == "ray":
+        if webcam is not None or annotate or neighbours_store or found.videos:
+            raise click.UsageError("--engine ray scores image files; videos, --webcam, --annotate and --neighbours "
+                                   "run with --engine local")
+        return _predict_on_ray(found.images, out, model, batch_size, ray_address, actors, threads, max_faces, crops,
+                               interval, backend, precision)
     estimator = Estimator(model, max_faces=max_faces, crops=crops, threads=threads, backend=backend, precision=precision)
-    stream = open(out, "w", newline="") if out else sys.stdout
-    writer = csv.DictWriter(stream, PREDICTION_COLUMNS) if not (out or "").endswith(".jsonl") else None
-    if writer:
-        writer.writeheader()
+    writer = PredictionWriter(out)
+    if writer.scored:
+        found.images = [path for path in found.images if str(path) not in writer.scored]
+        found.videos = [path for path in found.videos if video_name(path) not in writer.scored]
+        click.echo(f"{out}: {len(writer.scored)} images and videos already scored, skipped (delete it to score them "
+                   "again)", err=True)
+    videos = {video_name(video) for video in found.videos + ([webcam] if webcam is not None else [])}
     counts, video_times, started = Counter(), {}, time.perf_counter()
     neighbours = None
     if neighbours_store:
@@ -404,13 +440,11 @@ def predict(sources, model, out, annotate, recursive, max_faces, crops, batch_si
                                       max_frames=max_frames, annotate=annotate, show_progress=True, interval=interval,
                                       return_embedding=neighbours is not None):
             evidence = neighbours(result.faces, k=k) if neighbours is not None and result.frame is None else None
-            for row in result.summary():
+            rows = result.summary()
+            for row in rows:
                 if evidence is not None and "face" in row:
                     row["neighbours"] = [neighbour.to_dict() for neighbour in evidence[row["face"]]]
-                if writer:
-                    writer.writerow({**row, "neighbours": json.dumps(row["neighbours"])} if "neighbours" in row else row)
-                else:
-                    stream.write(json.dumps(row) + "\n")
+            writer.write(rows)
             counts["frames" if result.frame is not None else "videos" if result.source in videos else "images"] += 1
             counts["faces"] += len(result.faces)
             counts["no face" if result.ok and not result.faces else result.error_kind or "ok"] += 1
@@ -420,8 +454,7 @@ def predict(sources, model, out, annotate, recursive, max_faces, crops, batch_si
                 video_times[result.source] = (frames + 1, first, now)
             last = now
     finally:
-        if out:
-            stream.close()
+        writer.close()
         if neighbours is not None:
             neighbours.close()
     seconds = time.perf_counter() - started
@@ -435,6 +468,20 @@ def predict(sources, model, out, annotate, recursive, max_faces, crops, batch_si
                f"{counts['no face']} images or frames without a face, errors: {errors or 'none'}{ignored}; "
                f"{(counts['images'] + counts['frames']) / max(seconds, 1e-9):.1f} images/s, frames included "
                f"({estimator.encoder.runtime.backend} {estimator.encoder.runtime.precision})", err=True)
+
+
+def _predict_on_ray(paths, out, model, batch_size, ray_address, actors, threads, max_faces, crops, interval, backend,
+                    precision) -> None:
+    from agestimate.distributed import predict as predict_on_ray
+
+    summary = predict_on_ray(paths, out=out, model=model, batch_size=batch_size, ray_address=ray_address, actors=actors,
+                             threads=threads, max_faces=max_faces, crops=crops, interval=interval, backend=backend,
+                             precision=precision)
+    if summary["skipped"]:
+        click.echo(f"{out}: {summary['skipped']} images already scored, skipped (delete it to score them again)", err=True)
+    click.echo(f"{summary['images']} images, {summary['faces']} faces, {summary['no_face']} without a face, "
+               f"{summary['errors']} errors; {summary['images'] / max(summary['seconds'], 1e-9):.1f} images/s "
+               f"(ray, {summary['actors']} actors)", err=True)
 
 
 @cli.command()
