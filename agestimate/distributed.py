@@ -362,21 +362,11 @@ def embed(sources: Iterable[str | Path], *, store: str | Path, labels: str | Pat
     not sent again; an image stored before its file was recorded is not stored twice), labels
     applied. Copies of one image within a run are encoded on the workers and stored once.
     """
-    from .embedding import EmbedSummary, StoreRecorder
-    from .labels import label_reader
-    from .models import REGISTRY
-    from .sources import expand_sources
-    from .store import EmbeddingStore
+    from .embedding import recording
 
     started = time.perf_counter()
-    summary = EmbedSummary()
-    read_label = label_reader(labels) if labels is not None else None
-    found = expand_sources(sources, recursive=True)
-    paths, summary.ignored, summary.unmatched = found.images, found.ignored + found.videos, found.unmatched
-    summary.files = len(paths)
-    with EmbeddingStore(store, model_sha256=REGISTRY["recognizer"].sha256, descriptor=descriptor, create=True,
-                        index=index) as db, StoreRecorder(db, summary, read_label=read_label, labels=labels, total=len(paths),
-                                                          show_progress=show_progress) as record:
+    with recording(sources, store, labels=labels, descriptor=descriptor, index=index,
+                   show_progress=show_progress) as (paths, summary, db, record):
         pending = {}  # path -> (Path, stat) of files sent to the actors
         for path in paths:
             stat = record.new_file(path)

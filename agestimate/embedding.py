@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -173,6 +174,22 @@ class StoreRecorder:
         self.close()
 
 
+
+@contextlib.contextmanager
+def recording(sources, store, *, labels, descriptor, index, show_progress):
+    """What every `embed` engine starts with: the image files of `sources`, a summary, the store
+    (created if needed) and the `StoreRecorder` writing into it; yields (paths, summary, db, record)."""
+    summary = EmbedSummary()
+    read_label = label_reader(labels) if labels is not None else None
+    found = expand_sources(sources, recursive=True)
+    paths, summary.ignored, summary.unmatched = found.images, found.ignored + found.videos, found.unmatched
+    summary.files = len(paths)
+    with EmbeddingStore(store, model_sha256=REGISTRY["recognizer"].sha256, descriptor=descriptor, create=True,
+                        index=index) as db, StoreRecorder(db, summary, read_label=read_label, labels=labels, total=len(paths),
+                                                          show_progress=show_progress) as record:
+        yield paths, summary, db, record
+
+
 def embed(
     sources: Iterable[str | Path],
     *,
@@ -214,14 +231,8 @@ def embed(
         None: keep the store's choice, "auto" for a new store).
     """
     started = time.perf_counter()
-    summary = EmbedSummary()
-    read_label = label_reader(labels) if labels is not None else None
-    found = expand_sources(sources, recursive=True)
-    paths, summary.ignored, summary.unmatched = found.images, found.ignored + found.videos, found.unmatched
-    summary.files = len(paths)
-    with EmbeddingStore(store, model_sha256=REGISTRY["recognizer"].sha256, descriptor=descriptor, create=True,
-                        index=index) as db, StoreRecorder(db, summary, read_label=read_label, labels=labels, total=len(paths),
-                                                          show_progress=show_progress) as record:
+    with recording(sources, store, labels=labels, descriptor=descriptor, index=index,
+                   show_progress=show_progress) as (paths, summary, db, record):
         in_flight: dict[str, tuple[str, os.stat_result]] = {}  # path -> (sha256, stat) at the encoder
         copies: dict[str, list] = {}  # sha256 at the encoder -> [(path, stat)] of other files with that content
 
