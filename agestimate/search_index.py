@@ -34,6 +34,7 @@ RANGE_TARGET_RECALL = 0.99  # share of the pairs a range search must find: near-
 CALIBRATION_QUERIES = 256
 RANGE_CALIBRATION_QUERIES = 5_000  # near-duplicates are rare: enough queries to meet some hundreds of pairs
 POINTS_PER_CELL = 256  # at most this many training vectors per cell (FAISS's own k-means sampling limit)
+MAX_OVERFETCH = 4096  # restricted searches fetch k + this many extra neighbours at most, then filter
 
 
 def check_kind(kind: str) -> str:
@@ -194,3 +195,44 @@ def recall_at_k(exact_ids: np.ndarray, found_ids: np.ndarray) -> float:
         return 1.0
     hits = [len(set(e.tolist()) & set(f.tolist())) for e, f in zip(exact_ids, found_ids)]
     return float(np.sum(hits) / exact_ids.size)
+
+
+def restricted_search(index: faiss.Index, queries: np.ndarray, k: int, among) -> tuple[np.ndarray, np.ndarray] | None:
+    """The `k` nearest of the ids `among` to each query: (similarities, ids), each (n, k), missing
+    neighbours with id -1; None when `among` leaves out nothing (search the whole index then)."""
+    among = np.unique(np.asarray(among, dtype=np.int64))
+    excluded = index.ntotal - int(np.isin(faiss.vector_to_array(index.id_map), among).sum())
+    if not excluded:
+        return None
+    if excluded > MAX_OVERFETCH:  # FAISS filters while it searches: exact, but without BLAS (10x slower)
+        return index.search(queries, k, params=_only(among, index))
+    # the k + excluded best hold the k best allowed ones: search those, drop the rest
+    similarities, ids = index.search(queries, min(k + excluded, index.ntotal))
+    allowed = np.isin(ids, among)
+    order = np.argsort(~allowed, axis=1, kind="stable")[:, :k]
+    similarities, ids = (np.take_along_axis(a, order, axis=1) for a in (similarities, ids))
+    missing = ~np.take_along_axis(allowed, order, axis=1)
+    ids[missing], similarities[missing] = -1, -np.inf
+    if ids.shape[1] < k:
+        pad = ((0, 0), (0, k - ids.shape[1]))
+        ids, similarities = np.pad(ids, pad, constant_values=-1), np.pad(similarities, pad, constant_values=-np.inf)
+    return similarities, ids
+
+
+def range_hits_among(limits: np.ndarray, similarities: np.ndarray, ids: np.ndarray, among=None) -> tuple:
+    """A FAISS range search result (limits, similarities, ids) keeping only the hits in `among` (None: all)."""
+    if among is None:
+        return limits, similarities, ids
+    keep = np.isin(ids, np.asarray(among, dtype=np.int64))
+    kept_before = np.concatenate([[0], np.cumsum(keep)])  # hits kept before each position
+    return kept_before[limits.astype(np.int64)].astype(limits.dtype), similarities[keep], ids[keep]
+
+
+def _only(ids: np.ndarray, index: faiss.Index) -> faiss.SearchParameters:
+    selector = faiss.IDSelectorBatch(np.ascontiguousarray(ids, dtype=np.int64))
+    if index_kind(index) == "ivf":  # IVF takes its own parameters, nprobe among them
+        parameters = faiss.SearchParametersIVF(sel=selector, nprobe=faiss.downcast_index(index.index).nprobe)
+    else:
+        parameters = faiss.SearchParameters(sel=selector)
+    parameters.selector_alive = selector  # the SWIG wrapper does not keep it alive by itself
+    return parameters

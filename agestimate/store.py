@@ -38,14 +38,14 @@ from .errors import StoreError
 from .descriptors import EMBEDDING_DIM, Descriptor
 from .faces import FaceDetection
 from .labels import FaceLabel
-from .search_index import build_index, check_kind, describe, index_kind, needs_rebuild, tune_for_range
+from .search_index import (build_index, check_kind, describe, index_kind, needs_rebuild, range_hits_among,
+                           restricted_search, tune_for_range)
 
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 DATABASE = "store.sqlite"
 INDEX = "index.faiss"
-MAX_OVERFETCH = 4096  # restricted searches fetch k + this many extra neighbours at most, then filter
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -493,21 +493,9 @@ class EmbeddingStore:
         """
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         if among is not None:
-            among = np.unique(np.asarray(among, dtype=np.int64))
-            excluded = self.index.ntotal - int(np.isin(faiss.vector_to_array(self.index.id_map), among).sum())
-            if excluded > MAX_OVERFETCH:  # FAISS filters while it searches: exact, but without BLAS (10x slower)
-                return self.index.search(queries, k, params=self._only(among, self.index))
-            if excluded:  # the k + excluded best hold the k best allowed ones: search those, drop the rest
-                similarities, face_ids = self.index.search(queries, min(k + excluded, self.index.ntotal))
-                allowed = np.isin(face_ids, among)
-                order = np.argsort(~allowed, axis=1, kind="stable")[:, :k]
-                similarities, face_ids = (np.take_along_axis(a, order, axis=1) for a in (similarities, face_ids))
-                missing = ~np.take_along_axis(allowed, order, axis=1)
-                face_ids[missing], similarities[missing] = -1, -np.inf
-                if face_ids.shape[1] < k:
-                    pad = ((0, 0), (0, k - face_ids.shape[1]))
-                    face_ids, similarities = np.pad(face_ids, pad, constant_values=-1), np.pad(similarities, pad, constant_values=-np.inf)
-                return similarities, face_ids
+            found = restricted_search(self.index, queries, k, among)
+            if found is not None:
+                return found
         index = self.index
         if hasattr(faiss, "index_cpu_to_gpu") and faiss.get_num_gpus() > 0:
             index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, self.index)
@@ -531,21 +519,7 @@ class EmbeddingStore:
                 ivf.nprobe = nearest_neighbours_nprobe
         else:
             limits, similarities, face_ids = index.range_search(queries, threshold)
-        if among is None:
-            return limits, similarities, face_ids
-        keep = np.isin(face_ids, np.asarray(among, dtype=np.int64))
-        kept_before = np.concatenate([[0], np.cumsum(keep)])  # hits kept before each position
-        return kept_before[limits.astype(np.int64)].astype(limits.dtype), similarities[keep], face_ids[keep]
-
-    @staticmethod
-    def _only(face_ids, index) -> faiss.SearchParameters:
-        selector = faiss.IDSelectorBatch(np.ascontiguousarray(face_ids, dtype=np.int64))
-        if index_kind(index) == "ivf":  # IVF takes its own parameters, nprobe among them
-            parameters = faiss.SearchParametersIVF(sel=selector, nprobe=faiss.downcast_index(index.index).nprobe)
-        else:
-            parameters = faiss.SearchParameters(sel=selector)
-        parameters.selector_alive = selector  # the SWIG wrapper does not keep it alive by itself
-        return parameters
+        return range_hits_among(limits, similarities, face_ids, among)
 
     def summary(self) -> dict:
         """Counts of what the store holds: current images (those a file points at), their faces

@@ -73,13 +73,13 @@ def test_fewer_labelled_faces_than_k_and_faces_without_embeddings(store_path):
 
 
 def test_restricted_searches_match_faiss_id_selectors(store_path, monkeypatch):
-    import agestimate.store as store_module
+    import agestimate.search_index as search_index
 
     path, embeddings = store_path
     among = [1, 3, 4, 6]
     with EmbeddingStore(path) as store:
         filtered = store.search(embeddings, 3, among=among)  # searches all, keeps the allowed (4 excluded)
-        monkeypatch.setattr(store_module, "MAX_OVERFETCH", 0)
+        monkeypatch.setattr(search_index, "MAX_OVERFETCH", 0)
         selected = store.search(embeddings, 3, among=among)  # FAISS's IDSelectorBatch
         assert np.array_equal(filtered[1], selected[1]) and np.allclose(filtered[0], selected[0])
         assert set(filtered[1].ravel()) <= set(among)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from agestimate.errors import StoreError
+from agestimate.search_index import build_index, range_hits_among, restricted_search
 from agestimate.store import EmbeddingStore, FaceRecords
 
 
@@ -132,28 +133,17 @@ class _RecordsIndex:
     so that `agestimate.hygiene` applies its rules to them unchanged."""
 
     def __init__(self, records: FaceRecords):
-        import faiss
-
-        vectors = np.ascontiguousarray(records.embedding, dtype=np.float32)
-        vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-        self.index = faiss.IndexIDMap2(faiss.IndexFlatIP(vectors.shape[1]))
-        self.index.add_with_ids(vectors, records.face_id.astype(np.int64))
+        vectors = records.embedding / np.maximum(np.linalg.norm(records.embedding, axis=1, keepdims=True), 1e-12)
+        self.index = build_index(vectors, records.face_id, kind="flat")
 
     def search(self, queries, k=10, *, among=None):
-        import faiss
-
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
-        params = None if among is None else faiss.SearchParameters(sel=faiss.IDSelectorBatch(np.asarray(among, np.int64)))
-        return self.index.search(queries, k, params=params)
+        found = None if among is None else restricted_search(self.index, queries, k, among)
+        return self.index.search(queries, k) if found is None else found
 
     def range_search(self, queries, threshold, *, among=None):
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
-        limits, similarities, face_ids = self.index.range_search(queries, threshold)
-        if among is None:
-            return limits, similarities, face_ids
-        keep = np.isin(face_ids, np.asarray(among, dtype=np.int64))
-        kept_before = np.concatenate([[0], np.cumsum(keep)])
-        return kept_before[limits.astype(np.int64)].astype(limits.dtype), similarities[keep], face_ids[keep]
+        return range_hits_among(*self.index.range_search(queries, threshold), among)
 
 
 def repeat_index(sources: LabelledSources, mask: np.ndarray, repeats=None) -> np.ndarray:
