@@ -122,7 +122,7 @@ def evaluate(model, store, *, split: str = "test", exclude_near_duplicates: floa
     return clean
 
 
-def person_folds(records: FaceRecords, folds: int = 5, *, seed: int = 0) -> np.ndarray:
+def fold_of_each_face(records: FaceRecords, folds: int = 5, *, seed: int = 0) -> np.ndarray:
     """Fold number (n,) of each face: people shuffled with `seed`, all photos of a person in one fold;
     -1 for faces without a person label."""
     people = np.array(sorted(set(records.person.tolist()) - {""}))
@@ -147,7 +147,7 @@ def person_fold_evaluation(model, store, *, calibration_sources=(), folds: int =
     heads = AgeGenderHeads.load(model, calibrated=False)
     descriptor = heads.require_descriptor()
     records, _ = labelled_faces(store, descriptor)
-    fold = person_folds(records, folds, seed=seed)
+    fold = fold_of_each_face(records, folds, seed=seed)
     records = records.subset(fold >= 0)
     fold = fold[fold >= 0]
     base = [select_split(labelled_faces(source, descriptor)[0], split) for source, split in calibration_sources]
