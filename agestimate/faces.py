@@ -202,7 +202,7 @@ class FaceEncoder:
 
     # -- whole images ----------------------------------------------------------------------
     def _prepare(self, source, max_pixels, keep_image):
-        """Decode, detect and align one source (runs in a worker thread)."""
+        """Decode, detect and align one source (in a worker thread of `encode_batch`)."""
         name = describe_source(source)
         try:
             image = load_image(source, max_pixels=max_pixels)
@@ -214,8 +214,9 @@ class FaceEncoder:
         return encoded, self.align(image, faces)
 
     def encode(self, source, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, keep_image: bool = False) -> EncodedImage:
-        """Faces and embeddings of one image source; errors are returned, not raised."""
-        return next(self.encode_batch([source], max_pixels=max_pixels, keep_image=keep_image))
+        """Faces and embeddings of one image source; errors are returned, not raised. In the
+        caller's thread: no prefetching threads for a single image (a request, a video frame)."""
+        return next(self._embed_pending([self._prepare(source, max_pixels, keep_image)]))
 
     def encode_batch(
         self,
