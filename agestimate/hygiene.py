@@ -42,6 +42,11 @@ def _rows_of(records: FaceRecords, face_ids: np.ndarray) -> np.ndarray:
 def leaking_test_faces(store: EmbeddingStore, records: FaceRecords, *, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
     """Boolean mask of faces outside the train split with a near-duplicate inside it."""
     first, second, _ = near_duplicate_pairs(store, records, threshold=threshold)
+    return _crossing_the_split(records, first, second)
+
+
+def _crossing_the_split(records: FaceRecords, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Of the pairs (first, second), the faces outside the train split whose pair is inside it."""
     in_train = records.split == "train"
     crossing = in_train[first] != in_train[second]
     mask = np.zeros(len(records), bool)
@@ -107,7 +112,7 @@ def hygiene_report(store, folder, *, threshold: float = DEFAULT_THRESHOLD, neigh
             "SELECT COUNT(*), COALESCE(SUM(n), 0) FROM (SELECT COUNT(*) AS n FROM files WHERE sha256 IS NOT NULL "
             "GROUP BY sha256 HAVING n > 1)").fetchone()
         first, second, similarity = near_duplicate_pairs(database, records, threshold=threshold)
-        leaking = leaking_test_faces(database, records, threshold=threshold)
+        leaking = _crossing_the_split(records, first, second)
         outliers, medians = label_outliers(database, records, neighbours=neighbours, min_gap=min_gap)
     finally:
         database.close()

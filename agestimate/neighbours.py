@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from .descriptors import EMBEDDING_DIM
+from .labels import GENDER_NAMES
 from .store import EmbeddingStore
 
 DEFAULT_K = 5
-GENDER_NAMES = {0: "male", 1: "female"}
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ class StoreNeighbours:
                     continue
                 i = self._rows[int(face_id)]
                 found.append(Neighbour(file=str(labelled.path[i]), age=float(labelled.age[i]),
-                                       gender=GENDER_NAMES.get(int(labelled.gender[i])), split=str(labelled.split[i]),
+                                       gender=dict(enumerate(GENDER_NAMES)).get(int(labelled.gender[i])), split=str(labelled.split[i]),
                                        similarity=float(similarity), face_id=int(face_id)))
             result.append(found)
         return result

@@ -29,13 +29,14 @@ import cv2
 import numpy as np
 
 from .calibration import DEFAULT_LEVEL, MIN_SPREAD, AgeCalibration, logit, sigmoid, check_level
-from .metrics import age_group, age_group_labels
+from .estimator import AGE_GROUPS
+from .heads import gender_codes
+from .labels import GENDER_NAMES
+from .metrics import age_group
 
 MIN_SIMILARITY = 0.35  # cosine; same person in consecutive frames is typically 0.7+, different people below 0.2
 WINDOW = 30  # analysed frames pooled per track
 MAX_MISSED = 60  # analysed frames a track survives unseen (hidden, turned away): 2.4 s at 25 frames/s
-_AGE_GROUPS = age_group_labels("adience8")
-_GENDERS = ("male", "female")
 
 
 @dataclass
@@ -144,9 +145,9 @@ class FaceTracker:
         gender, probability = None, None
         if not np.isnan(logits).all():
             female = float(sigmoid(np.nanmean(logits)))
-            gender, probability = _GENDERS[int(female > 0.5)], max(female, 1 - female)
+            gender, probability = GENDER_NAMES[int(gender_codes([female])[0])], max(female, 1 - female)
         return dataclasses.replace(
-            face, age=age, age_spread=spread, age_interval=(low, high), age_group=_AGE_GROUPS[int(age_group([age], "adience8")[0])],
+            face, age=age, age_spread=spread, age_interval=(low, high), age_group=AGE_GROUPS[int(age_group([age], "adience8")[0])],
             gender=gender, gender_probability=probability, confidence=float(confidences.mean()), track=track.number,
             embedding=None)
 
