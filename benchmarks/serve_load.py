@@ -37,6 +37,8 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from end_to_end import agestimate_command
+
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
 MAX_UPLOAD_MB = 2  # the server's limit here, so the oversized upload stays small
@@ -55,8 +57,7 @@ def running_server(*options: str, log_path: Path | None = None, timeout: float =
     port = free_port()
     log = open(log_path, "w+") if log_path else tempfile.TemporaryFile("w+")
     # the installed command, not `python -m agestimate`: from a checkout, -m would import the source folder
-    command = str(Path(sys.executable).with_name("agestimate"))
-    process = subprocess.Popen([command, "serve", "--host", "127.0.0.1", "--port", str(port), *options],
+    process = subprocess.Popen(agestimate_command("serve", "--host", "127.0.0.1", "--port", port, *options),
                                stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:

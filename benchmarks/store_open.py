@@ -17,12 +17,12 @@ import shutil
 import sqlite3
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from agestimate.store import DATABASE, EmbeddingStore
+from end_to_end import agestimate_command
 
 
 def forget_index_version(store: Path) -> None:
@@ -46,7 +46,7 @@ def main(argv=None) -> None:
     parser.add_argument("--store", required=True)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
-    command = [str(Path(sys.executable).parent / "agestimate"), "info", "--json", "--store"]
+    command = agestimate_command("info", "--json", "--store")
     seconds = {"checked, command": [], "trusted, command": [], "checked, open + summary": [], "trusted, open + summary": []}
     with tempfile.TemporaryDirectory() as folder:
         store = Path(folder) / "store"

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from agestimate.descriptors import DEFAULT_DESCRIPTOR
 from agestimate.estimator import DEFAULT_MODEL
+from agestimate.heads import update_card
 
 from .fit import HeadOptions
 from .protocols import person_folds, train
@@ -69,15 +70,15 @@ def main(argv=None) -> None:
                      progress=True, command=command)
         folds = person_folds([store, fgnet_store], folds=FOLDS, descriptor=descriptor, options=OPTIONS,
                              repeats=REPEATS).metrics
-        stored = json.loads((folder / "model.json").read_text())
-        stored["metrics"]["fgnet_person_folds"] = folds
-        stored["data"]["fgnet_person_folds"] = (f"{FOLDS} folds of FG-NET people, each predicted by heads trained on UTKFace "
-                                                "train and the other folds (`agestimate eval --protocol folds`)")
-        stored["licence"] = ("heads trained on UTKFace and FG-NET (non-commercial research only); "
-                             "face models from insightface (non-commercial research only)")
-        (folder / "model.json").write_text(json.dumps(stored, indent=2) + "\n")
+        update_card(folder, metrics={**card["metrics"], "fgnet_person_folds": folds},
+                    data={**card["data"], "fgnet_person_folds": (
+                        f"{FOLDS} folds of FG-NET people, each predicted by heads trained on UTKFace train and the "
+                        "other folds (`agestimate eval --protocol folds`)")},
+                    licence="heads trained on UTKFace and FG-NET (non-commercial research only); "
+                            "face models from insightface (non-commercial research only)")
         print(json.dumps({"model": name, "training_seconds": card["training_seconds"],
                           "utkface_test": card["metrics"]["test"], "fgnet_person_folds": folds}, indent=2))
+
 
 if __name__ == "__main__":
     main()
