@@ -28,11 +28,11 @@ from agestimate.calibration import GROUP_EDGES, fit_calibration
 from agestimate.estimator import DEFAULT_MODEL
 from agestimate.evaluation import evaluate, labelled_faces, person_fold_evaluation, select_split
 from agestimate.heads import AgeGenderHeads, HeadOutputs
-from agestimate.metrics import expected_calibration_error, interval_metrics
+from agestimate.metrics import DECADE_KEYS, expected_calibration_error, interval_metrics
 
 LEVELS = (0.8, 0.9)
 GAUSSIAN_Z = {0.8: 1.2816, 0.9: 1.6449}
-DECADES = ["0_9", "10_19", "20_29", "30_39", "40_49", "50_59", "60_69", "70_79", "80_89", "90_99", "100plus"]
+DECADES = [key.removeprefix("mae_") for key in DECADE_KEYS]  # 0_9, ..., 90_99, 100plus
 
 
 def headline(metrics: dict) -> dict:
