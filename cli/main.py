@@ -85,8 +85,8 @@ def cli(verbose: int) -> None:
 @click.option("--det-size", default=640, show_default=True, help="Largest detector input side.")
 @click.option("--det-thresh", default=0.5, show_default=True, help="Detection score threshold.")
 @click.option("--descriptor", default=DEFAULT_DESCRIPTOR, show_default=True, callback=_check_descriptor,
-              help="Features stored beside each embedding: blocks emb, gap473, gap505, gap509, grid509 joined by +, "
-                   "optionally +flip.")
+              help="Features stored beside each embedding: blocks emb, gap473, gap505, gap509, grid509, adapted (the "
+                   "fine-tuned task branch) joined by +, optionally +flip.")
 @click.option("--threads", type=int, default=None, help="Inference threads per model (default: the runtime's choice).")
 @runtime_options
 @click.option("--index", default=None, type=click.Choice(INDEX_KINDS),
@@ -269,7 +269,8 @@ def train(store, out, descriptor, epochs, seed, no_rapl, no_gender, device, augm
 @cli.command("eval")
 @click.option("--store", required=True, multiple=True, type=click.Path(file_okay=False),
               help="Store with labelled faces; lopo and folds take several (the people are in one).")
-@click.option("--model", default=None, type=click.Path(file_okay=False), help="Model folder written by `train`.")
+@click.option("--model", default=None, type=click.Path(file_okay=False),
+              help="Model folder written by `train`, or a shipped model: default, frozen, flip, embedding.")
 @click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test", "all"]))
 @click.option("--protocol", default="split", show_default=True, type=click.Choice(["split", "lopo", "folds"]),
               help="split: evaluate --model on --split; lopo: train per person left out; folds: train per group of "
@@ -302,9 +303,10 @@ def evaluate(store, model, split, protocol, folds, descriptor, epochs, seed, no_
         if len(store) > 1:
             raise click.UsageError("--protocol split measures one --store")
         store = store[0]
+        from agestimate.estimator import model_folder
         from agestimate.evaluation import evaluate as evaluate_model
 
-        result = evaluate_model(model, store, split=split, exclude_near_duplicates=exclude_near_duplicates)
+        result = evaluate_model(model_folder(model), store, split=split, exclude_near_duplicates=exclude_near_duplicates)
     _print_metrics(result.metrics, as_json)
     if report:
         from agestimate.report import write_report

@@ -61,4 +61,4 @@ def test_flip_averaging_is_the_mean_of_the_crop_and_its_mirror(encoder):
     assert features.shape == (1, 2304)
     emb_only = DescriptorModel("emb", threads=1)(aligned)
     assert np.allclose(emb_only[0], emb_only[1], atol=1e-6)
-    assert set(BLOCKS) == {"emb", "gap473", "gap505", "gap509", "grid509"}
+    assert set(BLOCKS) == {"emb", "gap473", "gap505", "gap509", "grid509", "adapted"}

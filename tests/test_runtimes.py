@@ -61,7 +61,8 @@ def test_unknown_backend_is_refused_by_name():
 
 def test_the_sha_check_comes_before_openvino_compiles_anything(tmp_path, monkeypatch):
     for weight in REGISTRY.values():
-        shutil.copy(weights_dir() / weight.filename, tmp_path / weight.filename)
+        if not weight.shipped:
+            shutil.copy(weights_dir() / weight.filename, tmp_path / weight.filename)
     target = tmp_path / REGISTRY["detector"].filename
     data = bytearray(target.read_bytes())
     data[len(data) // 2] ^= 0x01

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 pytest.importorskip("torch")
 
 from agestimate.cli.main import cli  # noqa: E402
-from agestimate.estimator import Estimator  # noqa: E402
+from agestimate.estimator import FROZEN_MODEL, Estimator  # noqa: E402
 from agestimate.heads import AgeGenderHeads  # noqa: E402
 from agestimate.labels import GENDER_NAMES  # noqa: E402
 from agestimate.store import EmbeddingStore  # noqa: E402
@@ -57,7 +57,7 @@ def test_train_writes_an_onnx_model_with_its_card(trained):
     store, model, _ = trained
     card = json.loads((model / "model.json").read_text())
     assert (model / "heads.onnx").is_file()
-    assert card["descriptor"] == "grid509" and card["input_dim"] == 2048
+    assert card["descriptor"] == "grid509+adapted" and card["input_dim"] == 4096
     assert card["data"]["faces_per_split"] == {"train": 8, "val": 4, "test": 4}
     assert EXPECTED_KEYS | {"coverage_80", "median_width_90", "under_18_accuracy", "gender_ece"} <= set(card["metrics"]["test"])
     assert len(card["embedding_model_sha256"]) == 64
@@ -129,6 +129,12 @@ def test_eval_json_report_and_lopo(trained, tmp_path):
     assert clean["n"] + clean["excluded_near_duplicates"] == 4 and clean["mae_with_near_duplicates"] == metrics["mae"]
     lopo = json.loads(run("eval", "--store", store, "--protocol", "lopo", "--epochs", "2", "--json").stdout)
     assert lopo["n"] == 16
+    # a shipped model by its name; `frozen` reads grid509, a part of the store's default descriptor
+    frozen = json.loads(run("eval", "--model", "frozen", "--store", store, "--split", "test", "--json").stdout)
+    with EmbeddingStore(store) as db:
+        test = db.faces(split="test", labelled=True, primary=True, descriptor="grid509")
+    assert frozen["mae"] == pytest.approx(np.abs(AgeGenderHeads.load(FROZEN_MODEL).predict(test.features).age - test.age).mean(),
+                                          abs=1e-5)
 
 
 def test_train_with_cae_augmentation_records_it(trained, tmp_path):

@@ -4,8 +4,13 @@
     agestimate embed ../shared/data/fgnet/images --labels fgnet --store fg.store
     python -m agestimate.training.default_model --store utk.store --fgnet-store fg.store
 
-Trains EVR + gender + RAPL heads on the UTKFace train split plus all FG-NET people, once with
-the default descriptor (`weights/default`, used by `agestimate.predict`) and once on the plain
+The default descriptor includes the task branch `weights/branches/adapted.onnx`, trained before
+(and apart) from the heads by `python -m agestimate.training.branch` (see there); the stores are
+embedded with it.
+
+Trains EVR + gender + RAPL heads on the UTKFace train split plus all FG-NET people, with
+the default descriptor (`weights/default`, used by `agestimate.predict`), with `grid509` alone
+(`weights/frozen`: the pretrained recogniser's features, no branch) and on the plain
 512-d identity embedding (`weights/embedding`, for users who already have ArcFace embeddings).
 FG-NET's training faces count four times per epoch (`REPEATS`). The epoch is chosen on
 UTKFace val plus a tenth of the FG-NET people held out, then the heads
@@ -40,7 +45,7 @@ from .fit import HeadOptions
 from .protocols import person_folds, train
 
 WEIGHTS = DEFAULT_MODEL.parent  # agestimate/weights of the checkout (or installation) running this
-MODELS = {"default": DEFAULT_DESCRIPTOR, "embedding": "emb", "flip": DEFAULT_DESCRIPTOR + "+flip"}
+MODELS = {"default": DEFAULT_DESCRIPTOR, "frozen": "grid509", "embedding": "emb", "flip": "grid509+flip"}
 OPTIONS = HeadOptions()
 FOLDS = 5  # person-grouped folds of FG-NET for the card
 # Each FG-NET training face is seen 4 times per epoch (495 photos beside 16,570 UTKFace faces): FG-NET
@@ -54,16 +59,17 @@ def main(argv=None) -> None:
     parser.add_argument("--fgnet-store", required=True, help="FG-NET store (people, no split): trained on, measured in person folds")
     parser.add_argument("--flip-store", help="the UTKFace store embedded with --descriptor grid509+flip (weights/flip)")
     parser.add_argument("--flip-fgnet-store", help="the FG-NET store embedded with --descriptor grid509+flip")
-    parser.add_argument("--out", default=str(WEIGHTS), help="folder receiving default/, embedding/ (and flip/)")
+    parser.add_argument("--out", default=str(WEIGHTS), help="folder receiving default/, frozen/, embedding/ (and flip/)")
+    parser.add_argument("--only", action="append", choices=sorted(MODELS), help="train only this model (repeatable)")
     args = parser.parse_args(argv)
     if (args.flip_store is None) != (args.flip_fgnet_store is None):
         parser.error("--flip-store and --flip-fgnet-store go together")
     command = "python -m agestimate.training.default_model " + " ".join(argv if argv is not None else sys.argv[1:])
-    stores = {"default": (args.store, args.fgnet_store), "embedding": (args.store, args.fgnet_store),
-              "flip": (args.flip_store, args.flip_fgnet_store)}
+    stores = {"default": (args.store, args.fgnet_store), "frozen": (args.store, args.fgnet_store),
+              "embedding": (args.store, args.fgnet_store), "flip": (args.flip_store, args.flip_fgnet_store)}
     for name, descriptor in MODELS.items():
         store, fgnet_store = stores[name]
-        if store is None:
+        if store is None or (args.only and name not in args.only):
             continue
         folder = Path(args.out) / name
         card = train([store, fgnet_store], folder, descriptor=descriptor, options=OPTIONS, refit=True, repeats=REPEATS,

@@ -111,23 +111,20 @@ def export_onnx(fitted: FittedHeads, path) -> Path:
     net = fitted.model.cpu().eval()
     if net.use_rapl and not net.references_ready:
         raise ValueError("the RAPL head has no reference map R; train for at least 2 epochs")
-    graph = _InferenceGraph(net).eval()
-    example = torch.zeros(2, fitted.input_dim)
-    with warnings.catch_warnings():
-        # The torch.export-based exporter needs onnxscript; the TorchScript one is enough for this graph.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            graph,
-            (example,),
-            str(path),
-            input_names=[INPUT_NAME],
-            output_names=list(OUTPUT_NAMES),
-            dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)},
-            opset_version=ONNX_OPSET,
-            dynamo=False,
-        )
-    logger.info("wrote %s", path)
+    write_onnx(_InferenceGraph(net).eval(), torch.zeros(2, fitted.input_dim), path, [INPUT_NAME], list(OUTPUT_NAMES))
     return path
+
+
+def write_onnx(module: nn.Module, example: torch.Tensor, path, input_names: list[str], output_names: list[str]) -> None:
+    """Export `module` (eval mode) to ONNX at opset `ONNX_OPSET`, every input and output with a
+    dynamic first (batch) axis."""
+    with warnings.catch_warnings():
+        # The torch.export-based exporter needs onnxscript; the TorchScript one is enough for these graphs.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(module, (example,), str(path), input_names=input_names, output_names=output_names,
+                          dynamic_axes={name: {0: "batch"} for name in (*input_names, *output_names)},
+                          opset_version=ONNX_OPSET, dynamo=False)
+    logger.info("wrote %s", path)
 
 
 def _version(package: str) -> str | None:

@@ -1,0 +1,306 @@
+"""A task branch of the recogniser: its last stage, copied and fine-tuned for age and gender.
+
+The recogniser (w600k_mbf) is split at tensor ``473`` (end of stage 3, 256x14x14). The trunk
+before it stays frozen and shared with the identity embedding; the branch is a copy of what
+follows, up to tensor ``509`` (512x7x7), pooled on the 2x2 grid like the ``grid509`` block.
+It is trained together with EVR and gender heads on the trunk's maps, which are computed once
+per crop and per augmented view (flip, crop jitter, colour, blur, downscaling, grayscale,
+JPEG) and cached on disk, so an epoch costs only the branch. The branch is exported to ONNX and
+becomes the descriptor block ``adapted`` (`agestimate.descriptors`), which prediction computes
+in the same recogniser pass.
+
+    agestimate embed ../shared/data/utkface/images --labels ../shared/data/utkface/labels.csv --store utk.store
+    python -m agestimate.training.branch --store utk.store --work branch.work --out agestimate/weights/branches/adapted.onnx
+
+The store gives the labelled faces and their landmarks (any descriptor will do). The branch
+learns from the UTKFace train split only, its epoch chosen on UTKFace val, so that FG-NET people
+stay unseen by it for the person-fold numbers of the heads trained on top. The file is pinned by
+SHA-256 in `agestimate.models.REGISTRY`: a new branch needs the new pin (printed at the end), and
+stores embedded with the old one must be embedded again before the heads are retrained
+(`agestimate.training.default_model`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from agestimate.descriptors import BRANCH_INPUT, BRANCH_POOLED
+from agestimate.images import load_image
+from agestimate.models import file_sha256, weight_path
+from agestimate.runtimes import open_session
+from agestimate.store import EmbeddingStore
+
+from .export import write_onnx
+from .fit import resolve_device
+from .heads import AgeGenderNet, joint_loss
+
+logger = logging.getLogger(__name__)
+
+MAP_SHAPE = (256, 14, 14)  # tensor 473
+VIEWS = 4  # view 0: the crop itself; views 1..3: augmented copies
+
+
+# -- the branch as a torch module ------------------------------------------------------------------
+
+def branch_nodes(recogniser, start: str = BRANCH_INPUT, end: str = BRANCH_POOLED):
+    """The recogniser's nodes computing `end` from `start`, in graph order (Conv, PRelu, Add)."""
+    nodes, known = [], {start}
+    for node in recogniser.graph.node:
+        if any(name in known for name in node.input):
+            nodes.append(node)
+            known.update(node.output)
+        if end in node.output:
+            return nodes
+    raise ValueError(f"tensor {end!r} does not follow {start!r} in the recogniser")
+
+
+class RecogniserBranch(nn.Module):
+    """The recogniser's nodes from `BRANCH_INPUT` to `BRANCH_POOLED` as torch layers, with the
+    pretrained weights, then the 2x2 grid pooling of ``grid509``: (b, 256, 14, 14) -> (b, 2048)."""
+
+    def __init__(self, recogniser):
+        super().__init__()
+        import onnx.numpy_helper
+
+        weights = {tensor.name: torch.from_numpy(onnx.numpy_helper.to_array(tensor).copy())
+                   for tensor in recogniser.graph.initializer}
+        self.steps, layers = [], nn.ModuleList()
+        for node in branch_nodes(recogniser):
+            attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            if node.op_type == "Conv":
+                weight, bias = weights[node.input[1]], weights[node.input[2]]
+                layer = nn.Conv2d(weight.shape[1] * attributes.get("group", 1), weight.shape[0], weight.shape[2:],
+                                  stride=attributes.get("strides", [1, 1]), padding=attributes.get("pads", [0] * 4)[:2],
+                                  groups=attributes.get("group", 1))
+                layer.weight.data.copy_(weight)
+                layer.bias.data.copy_(bias)
+            elif node.op_type == "PRelu":
+                slope = weights[node.input[1]].reshape(-1)
+                layer = nn.PReLU(len(slope))
+                layer.weight.data.copy_(slope)
+            elif node.op_type == "Add":
+                layer = None
+            else:
+                raise ValueError(f"branch node {node.name} has an operation the branch does not handle: {node.op_type}")
+            inputs = [name for name in node.input if name not in weights]
+            self.steps.append((len(layers) if layer is not None else None, inputs, node.output[0]))
+            if layer is not None:
+                layers.append(layer)
+        self.layers = layers
+        self.pool = nn.AvgPool2d(kernel_size=4, stride=3)  # 7x7 -> 2x2, as the grid509 block
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        tensors = {BRANCH_INPUT: maps}
+        for layer, inputs, output in self.steps:
+            tensors[output] = (tensors[inputs[0]] + tensors[inputs[1]] if layer is None
+                               else self.layers[layer](tensors[inputs[0]]))
+        return self.pool(tensors[BRANCH_POOLED]).flatten(1)
+
+
+def export_branch(branch: RecogniserBranch, path) -> Path:
+    """Write the branch as ONNX: input "maps" (n, 256, 14, 14), the recogniser's `BRANCH_INPUT`,
+    output "features" (n, 2048)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_onnx(copy.deepcopy(branch).cpu().eval(), torch.zeros(1, *MAP_SHAPE), path, ["maps"], ["features"])
+    return path
+
+
+# -- crops, augmented views and cached trunk maps -------------------------------------------------
+
+def aligned_crops(paths, landmarks) -> np.ndarray:
+    """ArcFace-aligned 112x112 RGB crops of faces given by image path and five landmarks."""
+    from insightface.utils.face_align import norm_crop
+
+    return np.stack([norm_crop(load_image(path), landmark=points, image_size=112) for path, points in zip(paths, landmarks)])
+
+
+def augmented(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random view of an aligned RGB crop: mirror, small shift/scale/rotation, colour, and the
+    degradations of photos outside UTKFace (blur, small faces upscaled, grayscale, JPEG)."""
+    view = crop[:, ::-1] if rng.random() < 0.5 else crop
+    if rng.random() < 0.7:
+        matrix = cv2.getRotationMatrix2D((56 + rng.uniform(-4, 4), 56 + rng.uniform(-4, 4)), rng.uniform(-8, 8),
+                                         rng.uniform(0.92, 1.08))
+        view = cv2.warpAffine(np.ascontiguousarray(view), matrix, (112, 112), borderMode=cv2.BORDER_REFLECT)
+    view = view.astype(np.float32)
+    if rng.random() < 0.5:
+        gray = view.mean(axis=2, keepdims=True)
+        view = (view - gray) * rng.uniform(0.6, 1.4) + gray  # saturation
+        view = (view - view.mean()) * rng.uniform(0.7, 1.3) + view.mean() + rng.uniform(-25, 25)  # contrast, brightness
+    if rng.random() < 0.15:
+        view = np.repeat(view.mean(axis=2, keepdims=True), 3, axis=2)
+    view = np.clip(view, 0, 255).astype(np.uint8)
+    if rng.random() < 0.3:
+        side = int(rng.integers(24, 64))
+        view = cv2.resize(cv2.resize(view, (side, side), interpolation=cv2.INTER_AREA), (112, 112),
+                          interpolation=cv2.INTER_LINEAR)
+    if rng.random() < 0.2:
+        view = cv2.GaussianBlur(view, (0, 0), rng.uniform(0.5, 1.5))
+    if rng.random() < 0.3:
+        _, encoded = cv2.imencode(".jpg", view, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(15, 70))])
+        view = cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED)
+    return np.ascontiguousarray(view)
+
+
+def trunk_model(recogniser) -> bytes:
+    """The recogniser cut at `BRANCH_INPUT`: aligned crops in, the trunk's maps out."""
+    import onnx.utils
+
+    inferred = onnx.shape_inference.infer_shapes(recogniser)
+    return onnx.utils.Extractor(inferred).extract_model([recogniser.graph.input[0].name], [BRANCH_INPUT]).SerializeToString()
+
+
+def trunk_maps(session, crops: np.ndarray, out: np.ndarray, batch_size: int = 64) -> None:
+    """Run the trunk over RGB crops (n, 112, 112, 3) into `out` (n, 256, 14, 14), float16."""
+    name = session.get_inputs()[0].name
+    for start in range(0, len(crops), batch_size):
+        batch = list(crops[start:start + batch_size])
+        blob = cv2.dnn.blobFromImages(batch, 1.0 / 127.5, (112, 112), (127.5, 127.5, 127.5), swapRB=False)
+        out[start:start + len(batch)] = session.run([BRANCH_INPUT], {name: blob})[0].astype(np.float16)
+
+
+def prepare(store, work, *, seed: int = 0, precision: str = "auto") -> dict:
+    """Crops of the labelled UTKFace faces and the trunk's maps of every view, cached in `work`.
+
+    The train split gets `VIEWS` views (the crop and augmented copies), val one. Done once;
+    a second call finds the files and returns their description.
+    """
+    import onnx
+
+    work = Path(work)
+    manifest = work / "manifest.json"
+    if manifest.exists():
+        return json.loads(manifest.read_text())
+    work.mkdir(parents=True, exist_ok=True)
+    session = open_session(trunk_model(onnx.load(str(weight_path("recognizer")))), precision=precision)
+    rng = np.random.default_rng(seed)
+    description = {"store": str(store), "views": VIEWS, "seed": seed, "splits": {}}
+    with EmbeddingStore(store) as db:
+        for split in ("train", "val"):
+            records = db.faces(split=split, labelled=True, primary=True, descriptor="emb")
+            started = time.perf_counter()
+            crops = aligned_crops(records.path, records.landmarks)
+            views = VIEWS if split == "train" else 1
+            maps = np.lib.format.open_memmap(work / f"{split}.npy", "w+", np.float16, (views, len(crops), *MAP_SHAPE))
+            for view in range(views):
+                trunk_maps(session, crops if view == 0 else np.stack([augmented(c, rng) for c in crops]), maps[view])
+            maps.flush()
+            np.savez(work / f"{split}_labels.npz", age=records.age, gender=records.gender, face_id=records.face_id)
+            description["splits"][split] = {"faces": len(crops), "views": views,
+                                            "seconds": round(time.perf_counter() - started, 1)}
+            logger.info("%s: %s", split, description["splits"][split])
+    manifest.write_text(json.dumps(description, indent=2))
+    return description
+
+
+# -- training ---------------------------------------------------------------------------------------
+
+class BranchWithHeads(nn.Module):
+    """The branch and age/gender heads over it, trained as one network on trunk maps."""
+
+    def __init__(self, branch: RecogniserBranch, heads: AgeGenderNet):
+        super().__init__()
+        self.branch, self.heads = branch, heads
+
+    def forward(self, maps):
+        return self.heads(self.branch(maps.float()))
+
+
+@torch.no_grad()
+def branch_features(branch: nn.Module, maps: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """The branch's features (n, 2048) of trunk maps (n, 256, 14, 14), in batches."""
+    branch.eval()
+    return torch.cat([branch(torch.from_numpy(np.array(maps[i:i + batch_size], np.float32)))
+                      for i in range(0, len(maps), batch_size)]).numpy()
+
+
+def fine_tune(work, *, epochs: int = 14, batch_size: int = 64, lr_branch: float = 1e-4, lr_heads: float = 1e-3,
+              gender_weight: float = 1.0, max_age: int = 100, seed: int = 0, device=None, out=None) -> dict:
+    """Train branch and heads (EVR + gender, the gender loss weighted by `gender_weight`) on the
+    cached maps; keep the epoch best on val MAE (written to `out` as ONNX when given)."""
+    import onnx
+
+    work = Path(work)
+    device = resolve_device(device)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    train_maps, val_maps = np.load(work / "train.npy", mmap_mode="r"), np.load(work / "val.npy", mmap_mode="r")[0]
+    train_labels, val_labels = np.load(work / "train_labels.npz"), np.load(work / "val_labels.npz")
+    ages = np.minimum(train_labels["age"], max_age).astype(np.float32)
+    genders = train_labels["gender"].astype(np.int64)
+
+    branch = RecogniserBranch(onnx.load(str(weight_path("recognizer"))))
+    start_features = branch_features(branch, train_maps[0])
+    heads = AgeGenderNet(torch.from_numpy(start_features.mean(0)), torch.from_numpy(start_features.std(0).clip(1e-6)),
+                         torch.zeros(1), max_age=max_age, use_rapl=False)
+    model = BranchWithHeads(branch, heads).to(device)
+    optimizer = torch.optim.AdamW([{"params": branch.parameters(), "lr": lr_branch},
+                                   {"params": heads.parameters(), "lr": lr_heads}], weight_decay=1e-4)
+    steps = epochs * (len(ages) // batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[lr_branch, lr_heads], total_steps=steps,
+                                                    pct_start=0.1)
+    history, best = [], (np.inf, None)
+    for epoch in range(1, epochs + 1):
+        started = time.perf_counter()
+        model.train()
+        order = rng.permutation(len(ages))
+        views = rng.integers(0, train_maps.shape[0], len(ages))
+        losses = []
+        for batch in np.array_split(order, len(ages) // batch_size):
+            batch = np.sort(batch)
+            maps = torch.from_numpy(np.stack([train_maps[v, i] for v, i in zip(views[batch], batch)])).to(device)
+            outputs = model(maps)
+            loss, _ = joint_loss(outputs, torch.from_numpy(ages[batch]).to(device),
+                                 torch.from_numpy(genders[batch]).to(device), None, lam=gender_weight)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+        model.eval()
+        with torch.no_grad():
+            outputs = [model(torch.from_numpy(np.array(val_maps[i:i + 256])).to(device)) for i in range(0, len(val_maps), 256)]
+        val_age = torch.cat([o["age"].clamp(0, max_age) for o in outputs]).cpu().numpy()
+        val_female = torch.cat([torch.softmax(o["gender_logits"], -1)[:, 1] for o in outputs]).cpu().numpy()
+        known = val_labels["gender"] >= 0
+        record = {"epoch": epoch, "train_loss": float(np.mean(losses)),
+                  "val_mae": float(np.abs(val_age - val_labels["age"]).mean()),
+                  "val_gender": float(((val_female[known] > 0.5) == (val_labels["gender"][known] == 1)).mean()),
+                  "seconds": round(time.perf_counter() - started, 1)}
+        history.append(record)
+        print(json.dumps(record), file=sys.stderr, flush=True)
+        if record["val_mae"] < best[0]:
+            best = (record["val_mae"], copy.deepcopy(model.branch).cpu())
+            if out is not None:
+                export_branch(best[1], out)
+    return {"history": history, "best_val_mae": best[0], "branch": best[1]}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--store", required=True, help="UTKFace store with the fixed train/val/test split")
+    parser.add_argument("--work", required=True, help="folder caching crops' trunk maps (about 7 GB for UTKFace)")
+    parser.add_argument("--out", required=True, help="the branch's ONNX file")
+    parser.add_argument("--epochs", type=int, default=14)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    print(json.dumps(prepare(args.store, args.work)), file=sys.stderr)
+    result = fine_tune(args.work, epochs=args.epochs, out=args.out)
+    print(json.dumps({"best_val_mae": result["best_val_mae"], "history": result["history"],
+                      "sha256": file_sha256(args.out)}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
