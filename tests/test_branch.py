@@ -89,3 +89,26 @@ def test_the_shipped_branch_is_checked_before_use(tmp_path, monkeypatch):
     with pytest.raises(ModelFileError, match="SHA-256 does not match"):
         DescriptorModel("adapted", backend="onnxruntime")
 
+
+
+def test_prepare_caches_each_view_of_the_train_split_and_refuses_what_it_cannot_use(tmp_path):
+    from agestimate.embedding import embed
+    from agestimate.errors import StoreError
+
+    images = sorted((FIXTURES / "utkface").iterdir())
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,age,gender,split\n" + "".join(
+        f"{path},{path.name.split('_')[0]},{path.name.split('_')[1]},{'val' if i < 2 else 'train'}\n"
+        for i, path in enumerate(images)))
+    embed(images, store=tmp_path / "store", labels=labels, descriptor="grid509")
+    description = branch_training.prepare(tmp_path / "store", tmp_path / "work")
+    assert description["splits"]["train"]["faces"] == 6 and description["splits"]["val"]["faces"] == 2
+    train = np.load(tmp_path / "work" / "train.npy")
+    assert train.shape == (branch_training.VIEWS, 6, *branch_training.MAP_SHAPE) and train.dtype == np.float16
+    assert not np.array_equal(train[0], train[1])  # an augmented view is not the crop itself
+    assert branch_training.prepare(tmp_path / "store", tmp_path / "work") == description  # computed once
+    with pytest.raises(ValueError, match="holds the maps of the store"):
+        branch_training.prepare(tmp_path / "other", tmp_path / "work")
+    embed(images, store=tmp_path / "people", labels="utkface", descriptor="grid509")  # labels without splits
+    with pytest.raises(StoreError, match="no labelled faces in the train split"):
+        branch_training.prepare(tmp_path / "people", tmp_path / "work2")

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from agestimate.descriptors import BRANCH_INPUT, BRANCH_POOLED
+from agestimate.errors import StoreError
 from agestimate.images import load_image
 from agestimate.models import file_sha256, weight_path
 from agestimate.runtimes import open_session
@@ -182,7 +183,10 @@ def prepare(store, work, *, seed: int = 0, precision: str = "auto") -> dict:
     work = Path(work)
     manifest = work / "manifest.json"
     if manifest.exists():
-        return json.loads(manifest.read_text())
+        description = json.loads(manifest.read_text())
+        if description["store"] != str(store):
+            raise ValueError(f"{work} holds the maps of the store {description['store']}, not {store}; use another folder")
+        return description
     work.mkdir(parents=True, exist_ok=True)
     session = open_session(trunk_model(onnx.load(str(weight_path("recognizer")))), precision=precision)
     rng = np.random.default_rng(seed)
@@ -190,6 +194,9 @@ def prepare(store, work, *, seed: int = 0, precision: str = "auto") -> dict:
     with EmbeddingStore(store) as db:
         for split in ("train", "val"):
             records = db.faces(split=split, labelled=True, primary=True, descriptor="emb")
+            if not len(records):
+                raise StoreError(f"{store}: no labelled faces in the {split} split; the branch learns from a store "
+                                 "with train and val splits (UTKFace's labels.csv)")
             started = time.perf_counter()
             crops = aligned_crops(records.path, records.landmarks)
             views = VIEWS if split == "train" else 1
