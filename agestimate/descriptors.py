@@ -133,6 +133,12 @@ def add_branch(recogniser: onnx.ModelProto, branch: onnx.ModelProto, tensor: str
         recogniser.graph.node.append(node)
 
 
+def recogniser_input(aligned: np.ndarray) -> np.ndarray:
+    """The recogniser's input blob (n, 3, 112, 112) of aligned RGB crops (n, 112, 112, 3):
+    insightface's (pixel - 127.5) / 127.5."""
+    return cv2.dnn.blobFromImages(list(aligned), 1.0 / 127.5, (112, 112), (127.5, 127.5, 127.5), swapRB=False)
+
+
 def normalise(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
 
@@ -163,7 +169,7 @@ class DescriptorModel:
         count = len(aligned)
         if count == 0:
             return np.empty((0, EMBEDDING_DIM), np.float32), np.empty((0, self.descriptor.dim), np.float32)
-        blob = cv2.dnn.blobFromImages(list(aligned), 1.0 / 127.5, (112, 112), (127.5, 127.5, 127.5), swapRB=False)
+        blob = recogniser_input(aligned)
         if self.descriptor.flip:
             blob = np.concatenate([blob, blob[:, :, :, ::-1]])
         results = dict(zip(self.outputs, self.session.run(self.outputs, {self.input_name: blob})))

@@ -35,8 +35,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from agestimate.descriptors import BRANCH_INPUT, BRANCH_POOLED
+from agestimate.descriptors import BRANCH_INPUT, BRANCH_POOLED, recogniser_input
 from agestimate.errors import StoreError
+from agestimate.faces import ALIGNED_SIZE
 from agestimate.images import load_image
 from agestimate.models import file_sha256, weight_path
 from agestimate.runtimes import open_session
@@ -124,7 +125,8 @@ def aligned_crops(paths, landmarks) -> np.ndarray:
     """ArcFace-aligned 112x112 RGB crops of faces given by image path and five landmarks."""
     from insightface.utils.face_align import norm_crop
 
-    return np.stack([norm_crop(load_image(path), landmark=points, image_size=112) for path, points in zip(paths, landmarks)])
+    return np.stack([norm_crop(load_image(path), landmark=points, image_size=ALIGNED_SIZE)
+                     for path, points in zip(paths, landmarks)])
 
 
 def augmented(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -132,9 +134,10 @@ def augmented(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     degradations of photos outside UTKFace (blur, small faces upscaled, grayscale, JPEG)."""
     view = crop[:, ::-1] if rng.random() < 0.5 else crop
     if rng.random() < 0.7:
-        matrix = cv2.getRotationMatrix2D((56 + rng.uniform(-4, 4), 56 + rng.uniform(-4, 4)), rng.uniform(-8, 8),
+        centre = ALIGNED_SIZE / 2
+        matrix = cv2.getRotationMatrix2D((centre + rng.uniform(-4, 4), centre + rng.uniform(-4, 4)), rng.uniform(-8, 8),
                                          rng.uniform(0.92, 1.08))
-        view = cv2.warpAffine(np.ascontiguousarray(view), matrix, (112, 112), borderMode=cv2.BORDER_REFLECT)
+        view = cv2.warpAffine(np.ascontiguousarray(view), matrix, (ALIGNED_SIZE,) * 2, borderMode=cv2.BORDER_REFLECT)
     view = view.astype(np.float32)
     if rng.random() < 0.5:
         gray = view.mean(axis=2, keepdims=True)
@@ -145,7 +148,7 @@ def augmented(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     view = np.clip(view, 0, 255).astype(np.uint8)
     if rng.random() < 0.3:
         side = int(rng.integers(24, 64))
-        view = cv2.resize(cv2.resize(view, (side, side), interpolation=cv2.INTER_AREA), (112, 112),
+        view = cv2.resize(cv2.resize(view, (side, side), interpolation=cv2.INTER_AREA), (ALIGNED_SIZE,) * 2,
                           interpolation=cv2.INTER_LINEAR)
     if rng.random() < 0.2:
         view = cv2.GaussianBlur(view, (0, 0), rng.uniform(0.5, 1.5))
@@ -167,9 +170,8 @@ def trunk_maps(session, crops: np.ndarray, out: np.ndarray, batch_size: int = 64
     """Run the trunk over RGB crops (n, 112, 112, 3) into `out` (n, 256, 14, 14), float16."""
     name = session.get_inputs()[0].name
     for start in range(0, len(crops), batch_size):
-        batch = list(crops[start:start + batch_size])
-        blob = cv2.dnn.blobFromImages(batch, 1.0 / 127.5, (112, 112), (127.5, 127.5, 127.5), swapRB=False)
-        out[start:start + len(batch)] = session.run([BRANCH_INPUT], {name: blob})[0].astype(np.float16)
+        blob = recogniser_input(crops[start:start + batch_size])
+        out[start:start + len(blob)] = session.run([BRANCH_INPUT], {name: blob})[0].astype(np.float16)
 
 
 def prepare(store, work, *, seed: int = 0, precision: str = "auto") -> dict:

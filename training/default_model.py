@@ -60,7 +60,6 @@ def main(argv=None) -> None:
     parser.add_argument("--flip-store", help="the UTKFace store embedded with --descriptor grid509+flip (weights/flip)")
     parser.add_argument("--flip-fgnet-store", help="the FG-NET store embedded with --descriptor grid509+flip")
     parser.add_argument("--out", default=str(WEIGHTS), help="folder receiving default/, frozen/, embedding/ (and flip/)")
-    parser.add_argument("--only", action="append", choices=sorted(MODELS), help="train only this model (repeatable)")
     args = parser.parse_args(argv)
     if (args.flip_store is None) != (args.flip_fgnet_store is None):
         parser.error("--flip-store and --flip-fgnet-store go together")
@@ -69,7 +68,7 @@ def main(argv=None) -> None:
               "embedding": (args.store, args.fgnet_store), "flip": (args.flip_store, args.flip_fgnet_store)}
     for name, descriptor in MODELS.items():
         store, fgnet_store = stores[name]
-        if store is None or (args.only and name not in args.only):
+        if store is None:
             continue
         folder = Path(args.out) / name
         card = train([store, fgnet_store], folder, descriptor=descriptor, options=OPTIONS, refit=True, repeats=REPEATS,
