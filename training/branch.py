@@ -38,13 +38,15 @@ from torch import nn
 from agestimate.descriptors import BRANCH_INPUT, BRANCH_POOLED, recogniser_input
 from agestimate.errors import StoreError
 from agestimate.faces import ALIGNED_SIZE
+from agestimate.heads import gender_codes
 from agestimate.images import load_image
+from agestimate.metrics import gender_accuracy
 from agestimate.models import file_sha256, weight_path
 from agestimate.runtimes import open_session
 from agestimate.store import EmbeddingStore
 
 from .export import write_onnx
-from .fit import resolve_device
+from .fit import _predict, resolve_device
 from .heads import AgeGenderNet, joint_loss
 
 logger = logging.getLogger(__name__)
@@ -222,6 +224,7 @@ class BranchWithHeads(nn.Module):
     def __init__(self, branch: RecogniserBranch, heads: AgeGenderNet):
         super().__init__()
         self.branch, self.heads = branch, heads
+        self.max_age = heads.max_age
 
     def forward(self, maps):
         return self.heads(self.branch(maps.float()))
@@ -245,7 +248,7 @@ def fine_tune(work, *, epochs: int = 14, batch_size: int = 64, lr_branch: float 
     device = resolve_device(device)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    train_maps, val_maps = np.load(work / "train.npy", mmap_mode="r"), np.load(work / "val.npy", mmap_mode="r")[0]
+    train_maps, val_maps = np.load(work / "train.npy", mmap_mode="r"), np.load(work / "val.npy")[0]
     train_labels, val_labels = np.load(work / "train_labels.npz"), np.load(work / "val_labels.npz")
     ages = np.minimum(train_labels["age"], max_age).astype(np.float32)
     genders = train_labels["gender"].astype(np.int64)
@@ -278,15 +281,10 @@ def fine_tune(work, *, epochs: int = 14, batch_size: int = 64, lr_branch: float 
             optimizer.step()
             scheduler.step()
             losses.append(loss.item())
-        model.eval()
-        with torch.no_grad():
-            outputs = [model(torch.from_numpy(np.array(val_maps[i:i + 256])).to(device)) for i in range(0, len(val_maps), 256)]
-        val_age = torch.cat([o["age"].clamp(0, max_age) for o in outputs]).cpu().numpy()
-        val_female = torch.cat([torch.softmax(o["gender_logits"], -1)[:, 1] for o in outputs]).cpu().numpy()
-        known = val_labels["gender"] >= 0
+        val = _predict(model, val_maps, batch_size=256, device=device)
         record = {"epoch": epoch, "train_loss": float(np.mean(losses)),
-                  "val_mae": float(np.abs(val_age - val_labels["age"]).mean()),
-                  "val_gender": float(((val_female[known] > 0.5) == (val_labels["gender"][known] == 1)).mean()),
+                  "val_mae": float(np.abs(val["age"].numpy() - val_labels["age"]).mean()),
+                  "val_gender": gender_accuracy(val_labels["gender"], gender_codes(val["gender_prob_female"].numpy())),
                   "seconds": round(time.perf_counter() - started, 1)}
         history.append(record)
         print(json.dumps(record), file=sys.stderr, flush=True)
