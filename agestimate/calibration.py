@@ -218,6 +218,15 @@ def fit_calibration(outputs, true_age, gender=None, *, source: dict | None = Non
                        {"faces": int(len(true_age)), **(source or {})})
 
 
+def fit_calibration_on(parts, *, source: dict | None = None, group_edges=GROUP_EDGES) -> Calibration:
+    """`fit_calibration` on several (records, raw head outputs) pairs of labelled faces, pooled."""
+    from .heads import HeadOutputs
+
+    return fit_calibration(HeadOutputs.concatenate([outputs for _, outputs in parts]),
+                           np.concatenate([records.age for records, _ in parts]),
+                           np.concatenate([records.gender for records, _ in parts]), source=source, group_edges=group_edges)
+
+
 def calibrate(model_dir, sources, *, group_edges=GROUP_EDGES) -> Calibration:
     """Fit the calibration of the model in `model_dir` and write it into its ``model.json``.
 
@@ -234,7 +243,7 @@ def calibrate(model_dir, sources, *, group_edges=GROUP_EDGES) -> Calibration:
         What was written; later predictions with this model use it.
     """
     from .evaluation import labelled_faces, select_split
-    from .heads import AgeGenderHeads, HeadOutputs, update_card
+    from .heads import AgeGenderHeads, update_card
 
     model_dir = Path(model_dir)
     heads = AgeGenderHeads.load(model_dir, calibrated=False)
@@ -244,14 +253,12 @@ def calibrate(model_dir, sources, *, group_edges=GROUP_EDGES) -> Calibration:
         if len(records) == 0:
             raise StoreError(f"{store}: no labelled faces in split {split!r} to calibrate with")
         parts.append((records, heads.predict(records.features)))
-    outputs = HeadOutputs.concatenate([o for _, o in parts])
-    calibration = fit_calibration(
-        outputs, np.concatenate([r.age for r, _ in parts]), np.concatenate([r.gender for r, _ in parts]),
-        source={"sources": [{"store": str(store), "split": split, "faces": len(r)} for (store, split), (r, _) in
-                            zip(sources, parts)]},
+    calibration = fit_calibration_on(
+        parts, source={"sources": [{"store": str(store), "split": split, "faces": len(r)} for (store, split), (r, _) in
+                                   zip(sources, parts)]},
         group_edges=group_edges,
     )
     update_card(model_dir, calibration=calibration.to_dict())
-    logger.info("calibrated %s on %d faces: groups %s, gender temperature %s", model_dir, len(outputs),
+    logger.info("calibrated %s on %d faces: groups %s, gender temperature %s", model_dir, calibration.source["faces"],
                 calibration.age.group_edges, None if calibration.gender is None else round(calibration.gender.temperature, 3))
     return calibration

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .calibration import GROUP_EDGES, fit_calibration
+from .calibration import GROUP_EDGES, fit_calibration_on
 from .errors import StoreError
-from .heads import AgeGenderHeads, HeadOutputs
+from .heads import AgeGenderHeads
 from .hygiene import leaking_test_faces
 from .labels import GENDER_NAMES
 from .metrics import expected_calibration_error, interval_metrics, mae_by_group, summary, threshold_metrics
@@ -158,9 +158,7 @@ def person_fold_evaluation(model, store, *, calibration_sources=(), folds: int =
     for k in range(folds):
         others, held_out = fold != k, fold == k
         parts = [*zip(base, base_outputs), (records.subset(others), outputs.subset(others))]
-        calibration = fit_calibration(HeadOutputs.concatenate([o for _, o in parts]), np.concatenate([r.age for r, _ in parts]),
-                                      np.concatenate([r.gender for r, _ in parts]),
-                                      group_edges=group_edges)
+        calibration = fit_calibration_on(parts, group_edges=group_edges)
         age, spread = outputs.age[held_out], outputs.age_spread[held_out]
         for level, (low, high) in intervals.items():
             low[held_out], high[held_out] = calibration.age.interval(age, spread, level)

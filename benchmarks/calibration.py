@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from agestimate.calibration import GROUP_EDGES, fit_calibration
+from agestimate.calibration import GROUP_EDGES, fit_calibration, fit_calibration_on
 from agestimate.estimator import DEFAULT_MODEL
 from agestimate.evaluation import evaluate, labelled_faces, person_fold_evaluation, select_split
-from agestimate.heads import AgeGenderHeads, HeadOutputs
+from agestimate.heads import AgeGenderHeads
 from agestimate.metrics import DECADE_KEYS, expected_calibration_error, interval_metrics
 
 LEVELS = (0.8, 0.9)
@@ -108,9 +108,7 @@ def main() -> None:
                 for level, (low, high) in fg_low_high.items():
                     folds[f"{round(100 * level)}"] = float(np.mean((low <= fg_records.age) & (fg_records.age <= high)))
             else:
-                calibration = fit_calibration(HeadOutputs.concatenate([val_raw, fg_raw]),
-                                              np.concatenate([val_records.age, fg_records.age]),
-                                              np.concatenate([val_records.gender, fg_records.gender]), group_edges=edges)
+                calibration = fit_calibration_on([(val_records, val_raw), (fg_records, fg_raw)], group_edges=edges)
                 folded = person_fold_evaluation(args.model, fg, calibration_sources=[(utk, "val")], group_edges=edges)
                 folds = {tag: folded.metrics[f"coverage_{tag}"] for tag in ("80", "90")}
             variants[f"{name}, calibrated on {data}"] = variant_row(
