@@ -60,7 +60,7 @@ def rows_to_table(rows: list[dict]):
     """Prediction rows (`ImageResult.summary`) as an Arrow table with `prediction_schema()`."""
     import pyarrow as pa
 
-    return pa.Table.from_pylist([{name: _flat(row).get(name) for name in PREDICTION_COLUMNS} for row in rows],
+    return pa.Table.from_pylist([{name: flat.get(name) for name in PREDICTION_COLUMNS} for flat in map(_flat, rows)],
                                 schema=prediction_schema())
 
 

@@ -50,7 +50,8 @@ def predict_video(source, estimator: Estimator, *, every: int = 1, annotate_to: 
             if not ok:
                 break
             rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-            previous_gray, gray = gray, cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY) if tracker else None
+            # grey frames feed the optical flow of frames between analysed ones (every > 1)
+            previous_gray, gray = gray, cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY) if tracker and every > 1 else None
             analysed = index % every == 0
             if analysed and tracker:
                 faces = tracker.update(estimator.predict(rgb, return_embedding=True, interval=interval))
