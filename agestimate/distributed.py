@@ -290,7 +290,8 @@ class ImageEmbedder:
             try:
                 data = Path(path).read_bytes()
             except OSError as error:
-                rows.append({"path": path, "error_kind": "unreadable", "error_reason": f"cannot read file ({error.strerror or error})"})
+                failure = ImageLoadError.unreadable(path, error)
+                rows.append({"path": path, "error_kind": failure.kind, "error_reason": failure.reason})
                 continue
             readable.append((path, data))
         encoded_images = self.encoder.encode_batch([data for _, data in readable], batch_size=self.batch_size)

@@ -14,7 +14,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .descriptors import DEFAULT_DESCRIPTOR
-from .errors import LabelError
+from .errors import ImageLoadError, LabelError
 from .faces import FaceEncoder
 from .labels import FaceLabel, label_reader
 from .models import REGISTRY, file_sha256
@@ -90,9 +90,9 @@ class StoreRecorder:
     the summary and on the progress bar. Shared by the local engine and the Ray engine
     (`agestimate.distributed.embed`), so both keep the same record."""
 
-    def __init__(self, db: EmbeddingStore, summary: EmbedSummary, *, read_label=None, labels=None, total: int,
-                 show_progress: bool = False):
-        self.db, self.summary, self.read_label, self.labels = db, summary, read_label, labels
+    def __init__(self, db: EmbeddingStore, summary: EmbedSummary, *, labels=None, total: int, show_progress: bool = False):
+        self.db, self.summary, self.labels = db, summary, labels
+        self.read_label = label_reader(labels) if labels is not None else None
         self.progress = tqdm(total=total, disable=not show_progress, unit="img", desc="embed", dynamic_ncols=True)
 
     def label_of(self, path: Path) -> FaceLabel | None:
@@ -117,7 +117,7 @@ class StoreRecorder:
         try:
             stat = path.stat()
         except OSError as error:
-            self.fail(path, None, None, "unreadable", f"cannot read file ({error.strerror or error})")
+            self.unreadable(path, error)
             return None
         seen = self.db.file_status(path, stat.st_size, stat.st_mtime_ns)
         if seen is None:
@@ -136,6 +136,10 @@ class StoreRecorder:
         self.conflict(path, label, self.db.add_file(path, stat.st_size, stat.st_mtime_ns, sha256, status, label=label,
                                                     label_source=str(self.labels)))
         self.progress.update()
+
+    def unreadable(self, path: Path, error: OSError) -> None:
+        failure = ImageLoadError.unreadable(str(path), error)
+        self.fail(path, None, None, failure.kind, failure.reason)
 
     def fail(self, path: Path, stat, sha256: str | None, kind: str, reason: str) -> None:
         self.db.add_file(path, stat and stat.st_size, stat and stat.st_mtime_ns, sha256, "error", kind=kind, reason=reason)
@@ -180,12 +184,11 @@ def recording(sources, store, *, labels, descriptor, index, show_progress):
     """What every `embed` engine starts with: the image files of `sources`, a summary, the store
     (created if needed) and the `StoreRecorder` writing into it; yields (paths, summary, db, record)."""
     summary = EmbedSummary()
-    read_label = label_reader(labels) if labels is not None else None
     found = expand_sources(sources, recursive=True)
     paths, summary.ignored, summary.unmatched = found.images, found.ignored + found.videos, found.unmatched
     summary.files = len(paths)
     with EmbeddingStore(store, model_sha256=REGISTRY["recognizer"].sha256, descriptor=descriptor, create=True,
-                        index=index) as db, StoreRecorder(db, summary, read_label=read_label, labels=labels, total=len(paths),
+                        index=index) as db, StoreRecorder(db, summary, labels=labels, total=len(paths),
                                                           show_progress=show_progress) as record:
         yield paths, summary, db, record
 
@@ -247,7 +250,7 @@ def embed(
                 try:
                     sha256 = file_sha256(path)
                 except OSError as error:
-                    record.fail(path, None, None, "unreadable", f"cannot read file ({error.strerror or error})")
+                    record.unreadable(path, error)
                     continue
                 stored_faces = db.image_faces(sha256)
                 if stored_faces is not None:

@@ -1,5 +1,7 @@
 """The library's error types: every failure a user can cause or fix is one of these."""
 
+from __future__ import annotations
+
 
 class AgestimateError(Exception):
     """Base class of every error agestimate raises on purpose."""
@@ -17,6 +19,11 @@ class ImageLoadError(AgestimateError):
         self.reason = reason
         self.kind = kind
         super().__init__(f"{source}: {reason}")
+
+    @classmethod
+    def unreadable(cls, source: str, error: OSError) -> ImageLoadError:
+        """The file `source` could not be read (`error` from the operating system)."""
+        return cls(source, f"cannot read file ({error.strerror or error})", kind="unreadable")
 
 
 class ModelFileError(AgestimateError):

@@ -59,7 +59,7 @@ def load_image(source, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.nda
         try:
             stream = io.BytesIO(path.read_bytes())
         except OSError as error:
-            raise ImageLoadError(name, f"cannot read file ({error.strerror or error})", kind="unreadable") from error
+            raise ImageLoadError.unreadable(name, error) from error
     else:
         raise TypeError(f"cannot load an image from {type(source).__name__}; expected {SOURCE_TYPES}")
     if stream.getbuffer().nbytes == 0:

@@ -26,7 +26,7 @@ from .calibration import DEFAULT_LEVEL
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
 # What cv2.imwrite writes; other images get ".png" appended to their annotated copy.
-WRITABLE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+WRITABLE_SUFFIXES = IMAGE_SUFFIXES - {".gif"}
 GLOB_CHARACTERS = "*?["
 
 
