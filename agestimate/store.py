@@ -492,13 +492,13 @@ class EmbeddingStore:
         among : only these face ids (e.g. the labelled faces); missing neighbours have id -1.
         """
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        index = self.index
         if among is not None:
-            found = restricted_search(self.index, queries, k, among)
+            found = restricted_search(index, queries, k, among)
             if found is not None:
                 return found
-        index = self.index
         if hasattr(faiss, "index_cpu_to_gpu") and faiss.get_num_gpus() > 0:
-            index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, self.index)
+            index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
         return index.search(queries, k)
 
     def range_search(self, queries: np.ndarray, threshold: float, *, among=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -512,7 +512,7 @@ class EmbeddingStore:
         if index_kind(index) == "ivf":  # pairs this close need far fewer cells than nearest neighbours do
             ivf = faiss.downcast_index(index.index)
             nearest_neighbours_nprobe = ivf.nprobe
-            tune_for_range(index, self._all_embeddings()[1], threshold)
+            tune_for_range(index, index.index.reconstruct_n(0, index.ntotal), threshold)  # the stored vectors, in order
             try:
                 limits, similarities, face_ids = index.range_search(queries, threshold)
             finally:
@@ -532,6 +532,7 @@ class EmbeddingStore:
         self._db.execute("DELETE FROM temp.stale")
         self._db.execute(f"INSERT INTO temp.stale SELECT sha256 FROM images WHERE NOT {CURRENT}")
         current = "sha256 NOT IN temp.stale"
+        index = self.index
         return {
             "path": str(self.path),
             "model_sha256": self.model_sha256,
@@ -540,8 +541,8 @@ class EmbeddingStore:
             "images_with_faces": one(f"SELECT COUNT(*) FROM images WHERE n_faces > 0 AND {current}"),
             "faces": one(f"SELECT COUNT(*) FROM faces WHERE {current}"),
             "stale_images": one("SELECT COUNT(*) FROM temp.stale"),
-            "index_faces": int(self.index.ntotal),
-            "index": f"{describe(self.index)}, setting {self.index_kind}",
+            "index_faces": int(index.ntotal),
+            "index": f"{describe(index)}, setting {self.index_kind}",
             "files": dict(self._db.execute("SELECT status, COUNT(*) FROM files GROUP BY status")),
             "errors_by_kind": dict(self._db.execute("SELECT kind, COUNT(*) FROM files WHERE status = 'error' GROUP BY kind")),
             "faces_by_method": dict(self._db.execute(f"SELECT method, COUNT(*) FROM faces WHERE {current} GROUP BY method")),

@@ -1,10 +1,9 @@
-import cv2
 import numpy as np
 import onnx
 import onnxruntime
 import pytest
 
-from agestimate.descriptors import BLOCKS, Descriptor, DescriptorModel, tapped_recognizer
+from agestimate.descriptors import BLOCKS, Descriptor, DescriptorModel, recogniser_input, tapped_recognizer
 from agestimate.images import load_image
 from agestimate.models import REGISTRY, file_sha256, weight_path
 
@@ -39,7 +38,7 @@ def test_pooling_in_the_graph_matches_numpy_on_the_raw_maps(encoder):
     tapped = tapped_recognizer(onnx.load(str(weight_path("recognizer"))), ["gap505", "grid509"])
     tapped.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in ("505", "509"))
     session = onnxruntime.InferenceSession(tapped.SerializeToString(), providers=["CPUExecutionProvider"])
-    blob = cv2.dnn.blobFromImages(list(aligned), 1 / 127.5, (112, 112), (127.5,) * 3)
+    blob = recogniser_input(aligned)
     gap505, grid509, raw505, raw509 = session.run(["gap505", "grid509", "505", "509"], {"input.1": blob})
     assert np.allclose(gap505[:, :, 0, 0], raw505.mean(axis=(2, 3)), atol=1e-5)
     cells = [raw509[:, :, r:r + 4, c:c + 4].mean(axis=(2, 3)) for r in (0, 3) for c in (0, 3)]
