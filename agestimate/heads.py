@@ -101,13 +101,19 @@ class HeadOutputs:
         return cls(**{name: np.concatenate([getattr(part, name) for part in parts]) for name in cls.__dataclass_fields__})
 
 
+def write_card(model_dir, card: dict, *, default=None) -> None:
+    """Write `card` as the model card ``model.json`` of `model_dir`, atomically (a temporary file,
+    then a rename); `default` converts what JSON cannot hold (see `json.dumps`)."""
+    path = Path(model_dir) / "model.json"
+    temporary = path.with_suffix(".json.tmp")
+    temporary.write_text(json.dumps(card, indent=2, default=default) + "\n")
+    os.replace(temporary, path)
+
+
 def update_card(model_dir, **fields) -> dict:
     """Set `fields` in the model card ``model.json`` of `model_dir`, written atomically; returns the card."""
-    path = Path(model_dir) / "model.json"
-    card = {**json.loads(path.read_text()), **fields}
-    temporary = path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(card, indent=2) + "\n")
-    os.replace(temporary, path)
+    card = {**json.loads((Path(model_dir) / "model.json").read_text()), **fields}
+    write_card(model_dir, card)
     return card
 
 

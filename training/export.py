@@ -5,16 +5,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib.metadata
-import json
 import logging
-import os
 import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from agestimate.heads import FORMAT_VERSION, INPUT_NAME, OUTPUT_NAMES
+from agestimate.heads import FORMAT_VERSION, INPUT_NAME, OUTPUT_NAMES, write_card
 
 from .fit import FittedHeads
 from .heads import AgeGenderNet
@@ -179,7 +177,5 @@ def save_model_dir(fitted: FittedHeads, out_dir, *, card: dict | None = None) ->
     if overridden:
         logger.warning("model card keys %s are replaced by the values of the trained model", overridden)
     model_card = {**(card or {}), **written}
-    tmp = out_dir / "model.json.tmp"
-    tmp.write_text(json.dumps(model_card, indent=2, default=_plain_json) + "\n")
-    os.replace(tmp, out_dir / "model.json")
+    write_card(out_dir, model_card, default=_plain_json)
     return out_dir
