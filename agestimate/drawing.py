@@ -22,10 +22,10 @@ def draw_faces(image: np.ndarray, faces) -> np.ndarray:
         x1, y1, x2, y2 = (int(round(v)) for v in face.box)
         colour = COLOURS.get(face.gender, (255, 255, 0))
         cv2.rectangle(canvas, (x1, y1), (x2, y2), colour, max(1, int(2 * scale)))
-        low, high = getattr(face, "age_interval", (np.nan, np.nan))
+        low, high = face.age_interval
         interval = f" ({low:.0f}-{high:.0f})" if np.isfinite([low, high]).all() else ""
         gender = "" if face.gender is None else f", {face.gender[0].upper()}"
-        track = f" #{face.track}" if getattr(face, "track", None) is not None else ""
+        track = f" #{face.track}" if face.track is not None else ""
         label = f"{face.age:.0f}{interval}{gender}{track}"
         (width, height), baseline = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
         top = max(0, y1 - height - baseline - 2)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -101,10 +101,9 @@ class ImageResult:
             return [{**head, "error": "no face"}]
         rows = []
         for index, face in enumerate(self.faces):
-            values = face.to_dict()
+            values = replace(face, embedding=None).to_dict()  # no list of 512 floats to drop
             x1, y1, x2, y2 = values.pop("box")
             values.pop("landmarks")
-            values.pop("embedding", None)
             values["age_low"], values["age_high"] = values.pop("age_interval")
             rows.append({**head, "face": index, "x1": round(x1, 1), "y1": round(y1, 1), "x2": round(x2, 1),
                          "y2": round(y2, 1), **{k: round(v, 4) if isinstance(v, float) else v for k, v in values.items()}})

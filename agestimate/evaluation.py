@@ -10,7 +10,7 @@ from .calibration import GROUP_EDGES, fit_calibration_on
 from .errors import StoreError
 from .heads import AgeGenderHeads
 from .hygiene import leaking_test_faces
-from .labels import GENDER_NAMES
+from .labels import GENDER_NAME_OF_CODE
 from .metrics import expected_calibration_error, interval_metrics, mae_by_group, summary, threshold_metrics
 from .store import EmbeddingStore, FaceRecords
 
@@ -50,7 +50,7 @@ def measure(records: FaceRecords, predicted_age: np.ndarray, predicted_gender: n
             uncertainty: dict | None = None) -> Evaluation:
     """Metrics of predictions for `records` (their true labels); see `Evaluation` for `uncertainty`."""
     metrics = summary(records.age, predicted_age, gender_true=records.gender, gender_pred=predicted_gender)
-    for name, labels, names in (("gender", records.gender, dict(enumerate(GENDER_NAMES))), ("race", records.race, RACE_NAMES)):
+    for name, labels, names in (("gender", records.gender, GENDER_NAME_OF_CODE), ("race", records.race, RACE_NAMES)):
         known = labels >= 0
         by_group = mae_by_group(records.age[known], predicted_age[known], labels[known]) if known.any() else {}
         metrics.update({f"mae_{name}_{names.get(group, group)}": value for group, value in by_group.items()})

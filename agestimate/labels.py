@@ -12,6 +12,7 @@ from .errors import LabelError
 
 UNKNOWN_GENDER = -1  # the gender code where no gender is known (labels) or predicted (a model without a gender head)
 GENDER_NAMES = ("male", "female")  # the names of the gender codes 0 and 1
+GENDER_NAME_OF_CODE = dict(enumerate(GENDER_NAMES))  # the same as a mapping (no entry for UNKNOWN_GENDER)
 GENDERS = {"0": 0, "1": 1, "m": 0, "f": 1, "male": 0, "female": 1}
 SPLITS = ("train", "val", "test")
 CSV_COLUMNS = ("path", "age", "gender", "race", "person", "split")

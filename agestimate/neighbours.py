@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .descriptors import EMBEDDING_DIM
-from .labels import GENDER_NAMES
+from .labels import GENDER_NAME_OF_CODE
 from .store import EmbeddingStore
 
 DEFAULT_K = 5
@@ -84,7 +84,7 @@ class StoreNeighbours:
                     continue
                 i = self._rows[int(face_id)]
                 found.append(Neighbour(file=str(labelled.path[i]), age=float(labelled.age[i]),
-                                       gender=dict(enumerate(GENDER_NAMES)).get(int(labelled.gender[i])), split=str(labelled.split[i]),
+                                       gender=GENDER_NAME_OF_CODE.get(int(labelled.gender[i])), split=str(labelled.split[i]),
                                        similarity=float(similarity), face_id=int(face_id)))
             result.append(found)
         return result

@@ -79,7 +79,8 @@ def write_report(evaluation: Evaluation, folder, *, title: str, command: str) ->
     present = [i for i, key in enumerate(DECADE_KEYS) if evaluation.metrics.get(key) is not None]
     figure, (mae_axes, bias_axes) = plt.subplots(1, 2, figsize=(12, 4))
     for axes, prefix, name in ((mae_axes, "mae", "MAE"), (bias_axes, "bias", "mean signed error (predicted - true)")):
-        values = [evaluation.metrics[decade_keys(prefix)[i]] for i in present]
+        keys = decade_keys(prefix)
+        values = [evaluation.metrics[keys[i]] for i in present]
         axes.bar([labels[i] for i in present], values)
         axes.set(xlabel="true age", ylabel=name, title=f"{name} per decade")
     bias_axes.axhline(0, color="black", linewidth=1)
