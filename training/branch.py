@@ -249,7 +249,7 @@ def fine_tune(work, *, epochs: int = 14, batch_size: int = 64, lr_branch: float 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     train_maps, val_maps = np.load(work / "train.npy", mmap_mode="r"), np.load(work / "val.npy")[0]
-    train_labels, val_labels = np.load(work / "train_labels.npz"), np.load(work / "val_labels.npz")
+    train_labels, val_labels = dict(np.load(work / "train_labels.npz")), dict(np.load(work / "val_labels.npz"))
     ages = np.minimum(train_labels["age"], max_age).astype(np.float32)
     genders = train_labels["gender"].astype(np.int64)
 

@@ -44,9 +44,8 @@ def fit_on(train: FaceRecords, val: FaceRecords | None, options: HeadOptions, de
         logger.warning("no gender labels in the training faces: training without the gender head")
         options = dataclasses.replace(options, use_gender=False)
     X, age, gender = augment(train.features, train.age, train.gender, method=augment_with, seed=options.seed)
-    if val is None:
-        return fit_heads(X, age, gender, None, None, None, options=options, device=device, progress=progress)
-    return fit_heads(X, age, gender, val.features, val.age, val.gender, options=options, device=device, progress=progress)
+    validation = (None, None, None) if val is None else (val.features, val.age, val.gender)
+    return fit_heads(X, age, gender, *validation, options=options, device=device, progress=progress)
 
 
 def predict_with(fitted: FittedHeads, records: FaceRecords) -> Evaluation:
@@ -186,16 +185,6 @@ def person_folds(stores, *, folds: int | None = 5, descriptor: str | None = None
         predicted_age[held_out] = result.predicted_age
         predicted_gender[held_out] = result.predicted_gender
     return measure(records.subset(has_person), predicted_age[has_person], predicted_gender[has_person])
-
-
-def leave_one_person_out(store, *, descriptor: str | None = None, options: HeadOptions = HeadOptions(),
-                         device=None, val_fraction: float = 0.1, progress: bool = False,
-                         augment_with: str = "none") -> Evaluation:
-    """Train on all other people, predict the one left out, for every person: `person_folds`
-    with one fold per person (the best epoch chosen on a `val_fraction` of the other people,
-    never on the person left out)."""
-    return person_folds(store, folds=None, descriptor=descriptor, options=options, device=device,
-                        val_fraction=val_fraction, progress=progress, augment_with=augment_with)
 
 
 def ablation(store, *, descriptor: str | None = None, seeds=(0, 1, 2), options: HeadOptions = HeadOptions(),

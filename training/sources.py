@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from agestimate.descriptors import normalise
 from agestimate.errors import StoreError
 from agestimate.search_index import build_index, range_hits_among, restricted_search
 from agestimate.store import EmbeddingStore, FaceRecords
@@ -133,8 +134,7 @@ class _RecordsIndex:
     so that `agestimate.hygiene` applies its rules to them unchanged."""
 
     def __init__(self, records: FaceRecords):
-        vectors = records.embedding / np.maximum(np.linalg.norm(records.embedding, axis=1, keepdims=True), 1e-12)
-        self.index = build_index(vectors, records.face_id, kind="flat")
+        self.index = build_index(normalise(records.embedding), records.face_id, kind="flat")
 
     def search(self, queries, k=10, *, among=None):
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
