@@ -137,10 +137,11 @@ def test_eval_json_report_and_lopo(trained, tmp_path):
                                           abs=1e-5)
 
 
-def test_train_with_cae_augmentation_records_it(trained, tmp_path):
+def test_train_with_cae_augmentation_and_dropout_records_them(trained, tmp_path):
     store, _, _ = trained
-    run("train", "--store", store, "--out", tmp_path / "cae", "--epochs", "2", "--augment", "cae")
-    assert json.loads((tmp_path / "cae" / "model.json").read_text())["augmentation"] == "cae"
+    run("train", "--store", store, "--out", tmp_path / "cae", "--epochs", "2", "--augment", "cae", "--dropout", "0.5")
+    card = json.loads((tmp_path / "cae" / "model.json").read_text())
+    assert card["augmentation"] == "cae" and card["options"]["dropout"] == 0.5
 
 
 def test_ablation_prints_the_five_variants(trained):
