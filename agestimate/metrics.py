@@ -207,19 +207,26 @@ def age_metrics(y_true, y_pred) -> dict:
 
 
 def summary(y_true, y_pred, *, gender_true=None, gender_pred=None) -> dict:
-    """All age metrics (see `age_metrics`) plus ``gender_accuracy``, as one flat dict.
+    """All age metrics (see `age_metrics`) plus ``gender_accuracy``, overall and per decade of
+    true age (``gender_accuracy_0_9`` ... ``gender_accuracy_100plus``), as one flat dict.
 
     Parameters
     ----------
     y_true, y_pred : array-like, shape (N,)
         True and predicted ages.
     gender_true, gender_pred : array-like of int, shape (N,), optional
-        True (-1 for unknown) and predicted gender; ``gender_accuracy`` is None when either
-        is missing or no true gender is known.
+        True (-1 for unknown) and predicted gender; the gender accuracies are None when either
+        is missing or no true gender is known (in that decade).
     """
     result = age_metrics(y_true, y_pred)
-    has_gender = gender_true is not None and gender_pred is not None and result["n"] > 0
-    result["gender_accuracy"] = gender_accuracy(gender_true, gender_pred) if has_gender else None
+    keys = ["gender_accuracy", *decade_keys("gender_accuracy")]
+    if gender_true is None or gender_pred is None or result["n"] == 0:
+        return result | dict.fromkeys(keys)
+    gender_true, gender_pred = np.asarray(gender_true), np.asarray(gender_pred)
+    decades = age_group(y_true, "bins10")
+    result["gender_accuracy"] = gender_accuracy(gender_true, gender_pred)
+    result.update({key: gender_accuracy(gender_true[decades == i], gender_pred[decades == i])
+                   for i, key in enumerate(keys[1:])})
     return result
 
 

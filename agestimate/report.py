@@ -23,13 +23,16 @@ def format_table(metrics: dict) -> str:
 
 
 def decade_table(evaluation: Evaluation) -> str:
-    """Faces, MAE and bias (mean signed error, predicted - true) per decade of true age, as Markdown."""
+    """Faces, MAE, bias (mean signed error, predicted - true) and gender accuracy per decade of
+    true age, as Markdown."""
     metrics = evaluation.metrics
     counts = np.bincount(age_group(evaluation.records.age, "bins10"), minlength=len(age_group_labels("bins10")))
-    rows = ["| true age | faces | MAE | bias |", "|---|---|---|---|"]
-    for count, label, mae_key, bias_key in zip(counts, age_group_labels("bins10"), DECADE_KEYS, decade_keys("bias")):
+    rows = ["| true age | faces | MAE | bias | gender % |", "|---|---|---|---|---|"]
+    for count, label, mae_key, bias_key, gender_key in zip(counts, age_group_labels("bins10"), DECADE_KEYS,
+                                                            decade_keys("bias"), decade_keys("gender_accuracy")):
         if metrics.get(mae_key) is not None:
-            rows.append(f"| {label} | {count} | {metrics[mae_key]:.2f} | {metrics[bias_key]:+.2f} |")
+            gender = "-" if metrics.get(gender_key) is None else f"{100 * metrics[gender_key]:.1f}"
+            rows.append(f"| {label} | {count} | {metrics[mae_key]:.2f} | {metrics[bias_key]:+.2f} | {gender} |")
     return "\n".join(rows)
 
 

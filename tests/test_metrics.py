@@ -74,6 +74,8 @@ def test_summary_keys_and_values():
     assert result["bias_60_69"] == pytest.approx(-5.0) and result["bias_70_79"] == pytest.approx(10.0)
     assert result["bias_0_9"] is None
     assert result["gender_accuracy"] == pytest.approx(2 / 3)
+    assert result["gender_accuracy_10_19"] == 1.0 and result["gender_accuracy_20_29"] == 0.0
+    assert result["gender_accuracy_60_69"] is None and result["gender_accuracy_70_79"] == 1.0  # 65's gender is unknown
     # groups of true/predicted age: Adience-8 2/2 3/3 7/7 7/7, 5-year 2/2 4/4 13/12 15/17, 10-year 1/1 2/2 6/6 7/8
     expected = {"one_off_adience8": 1.0, "exact_adience8": 1.0, "one_off_bins5": 0.75, "exact_bins5": 0.5,
                 "one_off_bins10": 1.0, "exact_bins10": 0.75}
@@ -82,7 +84,7 @@ def test_summary_keys_and_values():
 
 def test_summary_unknowns_are_none():
     result = summary([10, 20], [11, 21])
-    assert result["gender_accuracy"] is None and result["mae_60plus"] is None
+    assert result["gender_accuracy"] is None and result["gender_accuracy_10_19"] is None and result["mae_60plus"] is None
     empty = age_metrics([], [])
     assert empty["n"] == 0 and empty["mae"] is None and empty["one_off_adience8"] is None
     assert set(empty) == set(age_metrics([10], [10]))

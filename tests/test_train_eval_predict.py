@@ -124,7 +124,7 @@ def test_eval_json_report_and_lopo(trained, tmp_path):
     run("eval", "--model", model, "--store", store, "--split", "all", "--report", tmp_path / "report")
     assert {p.name for p in (tmp_path / "report").iterdir()} >= {
         "report.md", "metrics.json", "predicted_vs_true.png", "confusion_adience8.png", "mae_per_decade.png"}
-    assert "| true age | faces | MAE | bias |" in (tmp_path / "report" / "report.md").read_text()
+    assert "| true age | faces | MAE | bias | gender % |" in (tmp_path / "report" / "report.md").read_text()
     clean = json.loads(run("eval", "--model", model, "--store", store, "--exclude-near-duplicates", "0.3", "--json").stdout)
     assert clean["n"] + clean["excluded_near_duplicates"] == 4 and clean["mae_with_near_duplicates"] == metrics["mae"]
     lopo = json.loads(run("eval", "--store", store, "--protocol", "lopo", "--epochs", "2", "--json").stdout)
