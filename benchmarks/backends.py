@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from end_to_end import data_sets
 
 from agestimate import runtimes
 from agestimate.descriptors import DescriptorModel
@@ -28,17 +29,9 @@ from agestimate.estimator import FLIP_MODEL
 from agestimate.faces import FaceEncoder
 from agestimate.heads import AgeGenderHeads
 from agestimate.images import load_image
-from agestimate.labels import read_labels_csv
 from agestimate.models import load_model
 
 ROUNDS = 5
-
-
-def images_of(data: Path, count: int) -> dict[str, list[Path]]:
-    utk = read_labels_csv(data / "utkface" / "labels.csv")
-    fgnet = read_labels_csv(data / "fgnet" / "labels.csv")
-    return {"utkface_test": sorted(p for p, label in utk.items() if label.split == "test")[:count],
-            "fgnet": sorted(fgnet)[:count]}
 
 
 def runtime_choices() -> dict[str, dict]:
@@ -122,7 +115,7 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="threads per model for the runtime comparison")
     args = parser.parse_args(argv)
     result = {}
-    for name, paths in images_of(args.data, args.count).items():
+    for name, (paths, _) in data_sets(args.data, args.count).items():
         result[name] = measure(paths, args.threads)
         result[name]["layouts_images_per_s"] = layouts(paths)
         print(name, "done", file=sys.stderr)

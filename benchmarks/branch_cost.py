@@ -20,7 +20,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from backends import images_of, median_rounds, runtime_choices  # noqa: E402
+from backends import median_rounds, runtime_choices  # noqa: E402
+from end_to_end import data_sets  # noqa: E402
 
 from agestimate.descriptors import DescriptorModel  # noqa: E402
 from agestimate.faces import FaceEncoder  # noqa: E402
@@ -36,7 +37,7 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args(argv)
     encoder = FaceEncoder()
-    images = [load_image(path) for path in images_of(args.data, args.count)["utkface_test"]]
+    images = [load_image(path) for path in data_sets(args.data, args.count)["utkface_test"][0]]
     aligned = np.concatenate([encoder.align(image, encoder.detect(image)[:1]) for image in images])
     batches = [aligned[i:i + 32] for i in range(0, len(aligned), 32)]
     result = {"crops": len(aligned), "ms_per_crop": {}, "adapted_over_grid509": {}}

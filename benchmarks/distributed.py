@@ -34,16 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
-from end_to_end import agestimate_command, linked_folder
+from end_to_end import agestimate_command, data_sets, linked_folder
 
 TEN_MILLION = 10_000_000
-
-
-def test_images(data: Path, count: int) -> list[Path]:
-    from agestimate.labels import read_labels_csv
-
-    labels = read_labels_csv(data / "utkface" / "labels.csv")
-    return sorted(path for path, label in labels.items() if label.split == "test")[:count]
 
 
 def timed(command: list[str]) -> float:
@@ -298,9 +291,9 @@ def main() -> None:
     previous = json.loads(args.out.read_text()) if args.out and args.out.exists() else {}
     result = dict(previous)  # parts not rerun keep their last results, each with its own date and command
     if "scoring" in parts:
-        result["scoring"] = {**stamp, **part_scoring(test_images(args.data, args.count), layouts, args.repeats)}
+        result["scoring"] = {**stamp, **part_scoring(data_sets(args.data, args.count)["utkface_test"][0], layouts, args.repeats)}
     if "embed" in parts:
-        result["embed"] = {**stamp, **part_embed(test_images(args.data, args.embed_count))}
+        result["embed"] = {**stamp, **part_embed(data_sets(args.data, args.embed_count)["utkface_test"][0])}
     if "driver" in parts:
         result["driver"] = {**stamp, **part_driver()}
     if "scoring" in result and "driver" in result:

@@ -30,7 +30,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from agestimate.labels import read_labels_csv
+
 WARM_UP = 10
+
+
+def data_sets(data: Path, limit: int | None = None) -> dict[str, tuple[list[Path], dict]]:
+    """The images the benchmarks score, with their labels: the UTKFace test split and all of FG-NET
+    (`data` is ../shared/data), the first `limit` of each by path."""
+    utk = read_labels_csv(data / "utkface" / "labels.csv")
+    fgnet = read_labels_csv(data / "fgnet" / "labels.csv")
+    return {"utkface_test": (sorted(p for p, label in utk.items() if label.split == "test")[:limit], utk),
+            "fgnet": (sorted(fgnet)[:limit], fgnet)}
 
 
 def _timed_repeats(function, paths, repeats):

