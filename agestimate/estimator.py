@@ -20,7 +20,7 @@ from .metrics import age_group, age_group_labels
 WEIGHTS = Path(__file__).parent / "weights"
 DEFAULT_MODEL = WEIGHTS / "default"  # features of DEFAULT_DESCRIPTOR: one recogniser pass and the task branch
 FROZEN_MODEL = WEIGHTS / "frozen"  # grid509 alone: the pretrained recogniser's features, no branch
-FLIP_MODEL = WEIGHTS / "flip"  # grid509 averaged with the mirrored crop: two passes
+FLIP_MODEL = WEIGHTS / "flip"  # the default's features averaged with the mirrored crop's: two passes
 EMBEDDING_MODEL = WEIGHTS / "embedding"  # plain 512-d ArcFace embeddings
 SHIPPED_MODELS = {"default": DEFAULT_MODEL, "frozen": FROZEN_MODEL, "flip": FLIP_MODEL, "embedding": EMBEDDING_MODEL}
 AGE_GROUPS = age_group_labels("adience8")

@@ -291,7 +291,8 @@ def main() -> None:
     previous = json.loads(args.out.read_text()) if args.out and args.out.exists() else {}
     result = dict(previous)  # parts not rerun keep their last results, each with its own date and command
     if "scoring" in parts:
-        result["scoring"] = {**stamp, **part_scoring(data_sets(args.data, args.count)["utkface_test"][0], layouts, args.repeats)}
+        paths, _ = data_sets(args.data, args.count)["utkface_test"]
+        result["scoring"] = {**stamp, **part_scoring(paths, layouts, args.repeats)}
     if "embed" in parts:
         result["embed"] = {**stamp, **part_embed(data_sets(args.data, args.embed_count)["utkface_test"][0])}
     if "driver" in parts:

@@ -253,8 +253,8 @@ def training_options(function):
               help="Leave out training faces with a near-duplicate (identity cosine >= this) in val or test.")
 @click.option("--json", "as_json", is_flag=True, help="Print the model card's metrics as JSON.")
 @_fail_cleanly
-def train(store, out, descriptor, epochs, seed, dropout, no_rapl, no_gender, device, augment_with, repeats, val_fraction, refit,
-          exclude_label_outliers, exclude_near_duplicates, as_json):
+def train(store, out, descriptor, epochs, seed, dropout, no_rapl, no_gender, device, augment_with, repeats, val_fraction,
+          refit, exclude_label_outliers, exclude_near_duplicates, as_json):
     """Train the age and gender heads (EVR + gender + RAPL) on one store or several; needs the train extra."""
     _check_repeats(repeats, store)
     options = _head_options(epochs, seed, no_rapl, no_gender, dropout)
@@ -286,13 +286,13 @@ def train(store, out, descriptor, epochs, seed, dropout, no_rapl, no_gender, dev
 @click.option("--exclude-near-duplicates", type=float, default=None,
               help="Also measure without the faces that have a near-duplicate (identity cosine >= this) in the train split.")
 @_fail_cleanly
-def evaluate(store, model, split, protocol, folds, descriptor, epochs, seed, dropout, no_rapl, no_gender, device, augment_with,
-             repeats, as_json, report, exclude_near_duplicates):
+def evaluate(store, model, split, protocol, folds, descriptor, epochs, seed, dropout, no_rapl, no_gender, device,
+             augment_with, repeats, as_json, report, exclude_near_duplicates):
     """Measure a model on a store: MAE, CS@5, 1CoA, gender accuracy, MAE and bias per decade, per-group MAE."""
     if protocol == "split" and (descriptor or epochs or dropout is not None or no_rapl or no_gender or device
                                 or augment_with != "none" or repeats):
-        raise click.UsageError("--descriptor, --epochs, --dropout, --no-rapl, --no-gender, --device, --augment and --repeats apply to "
-                               "--protocol lopo and folds only")
+        raise click.UsageError("--descriptor, --epochs, --dropout, --no-rapl, --no-gender, --device, --augment and "
+                               "--repeats apply to --protocol lopo and folds only")
     if protocol in ("lopo", "folds") and (model or exclude_near_duplicates is not None or split != "test"):
         raise click.UsageError("--model, --split and --exclude-near-duplicates apply to --protocol split only")
     if protocol in ("lopo", "folds"):

@@ -25,9 +25,9 @@ those folds' people). The stores are made with the
 default backend (see `agestimate.runtimes`), so the heads learn the features that prediction
 computes.
 
-`weights/flip` (the same heads on features averaged with the mirrored crop, two recogniser
-passes) is retrained when stores embedded with ``--descriptor grid509+flip`` are given as
-``--flip-store`` and ``--flip-fgnet-store``.
+`weights/flip` (the default's heads on its features averaged with the mirrored crop's, two
+recogniser passes) is retrained when stores embedded with ``--descriptor grid509+adapted+flip``
+are given as ``--flip-store`` and ``--flip-fgnet-store``.
 
 """
 
@@ -50,7 +50,7 @@ WEIGHTS = DEFAULT_MODEL.parent  # agestimate/weights of the checkout (or install
 # 0.3 measured on the 512-d embedding: UTKFace val MAE 4.208/4.203 at 0.5 against 4.238/4.244 at 0.3
 # (seeds 0/1); grid509 alone 4.345 against 4.322, the embedding 5.36 against 4.89 (BENCHMARKS.md, issue 18).
 MODELS = {"default": (DEFAULT_DESCRIPTOR, HeadOptions(dropout=0.5)), "frozen": ("grid509", HeadOptions()),
-          "embedding": ("emb", HeadOptions()), "flip": ("grid509+flip", HeadOptions())}
+          "embedding": ("emb", HeadOptions()), "flip": (f"{DEFAULT_DESCRIPTOR}+flip", HeadOptions(dropout=0.5))}
 FOLDS = 5  # person-grouped folds of FG-NET for the card
 # Each FG-NET training face is seen 4 times per epoch (495 photos beside 16,570 UTKFace faces): FG-NET
 # person folds MAE 2.98 vs 3.19 once and 3.06 eight times, UTKFace val unchanged (BENCHMARKS.md, issue 18).
@@ -61,8 +61,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--store", required=True, help="UTKFace store with the fixed train/val/test split")
     parser.add_argument("--fgnet-store", required=True, help="FG-NET store (people, no split): trained on, measured in person folds")
-    parser.add_argument("--flip-store", help="the UTKFace store embedded with --descriptor grid509+flip (weights/flip)")
-    parser.add_argument("--flip-fgnet-store", help="the FG-NET store embedded with --descriptor grid509+flip")
+    parser.add_argument("--flip-store",
+                        help="the UTKFace store embedded with --descriptor grid509+adapted+flip (weights/flip)")
+    parser.add_argument("--flip-fgnet-store", help="the FG-NET store embedded with --descriptor grid509+adapted+flip")
     parser.add_argument("--out", default=str(WEIGHTS), help="folder receiving default/, frozen/, embedding/ (and flip/)")
     args = parser.parse_args(argv)
     if (args.flip_store is None) != (args.flip_fgnet_store is None):
