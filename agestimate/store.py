@@ -226,7 +226,8 @@ class EmbeddingStore:
 
     def _load_index(self, version: int) -> faiss.IndexIDMap2:
         """`index.faiss`, trusted if it was written at `version` and holds as many faces as the
-        record; else checked against the record (same ids, same vectors) and rebuilt if they differ."""
+        record; else checked against the record (same ids, same vectors): faces added since join
+        it (an IVF index keeps its trained cells), any other difference rebuilds it."""
         index_file = self.path / INDEX
         count = self._db.execute("SELECT COUNT(*) FROM faces").fetchone()[0]
         index, problem = None, None
@@ -247,10 +248,18 @@ class EmbeddingStore:
             problem = "missing" if len(ids) else None
         elif index is not None:
             stored_ids = faiss.vector_to_array(index.id_map)
-            if not np.array_equal(stored_ids, ids):
-                problem = f"holds {len(stored_ids)} faces, the record {len(ids)}"
-            elif len(ids) and not np.array_equal(index.index.reconstruct_n(0, len(ids)), vectors):
+            known = len(stored_ids)
+            if not np.array_equal(stored_ids, ids[:known]):
+                problem = f"holds {known} faces, the record {len(ids)}"
+            elif known and not np.array_equal(index.index.reconstruct_n(0, known), vectors[:known]):
                 problem = "vectors differ from the record"
+            elif known < len(ids):  # only faces added since it was written
+                index.add_with_ids(vectors[known:], ids[known:])
+                if not needs_rebuild(index, self.index_kind):
+                    logger.debug("%s: %d faces added to the index's %d", index_file, len(ids) - known, known)
+                    self._index_unsaved = True
+                    return index
+                problem = f"outgrown: {describe(index)} at {len(ids)} faces"
             else:
                 if self._record_version() == version:  # checked once: trusted from now on
                     self._mark_index_saved(version)

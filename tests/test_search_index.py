@@ -95,3 +95,23 @@ def test_the_store_keeps_its_index_choice(tmp_path):
         pass
     assert index_kind(faiss.read_index(str(path / INDEX))) == "flat"
     assert EmbeddingStore(path).index_kind == "flat"
+
+
+def test_faces_added_later_join_the_saved_ivf_index_without_retraining(tmp_path):
+    vectors = clustered_unit_vectors(1300, dim=512)
+    path = clustered_store(tmp_path / "s", vectors[:1200], index="ivf")
+
+    def cells():
+        saved = faiss.read_index(str(path / INDEX))  # owns the inner index: keep it alive while reading
+        inner = faiss.downcast_index(saved.index)
+        return inner.quantizer.reconstruct_n(0, inner.nlist)
+
+    trained = cells()
+    with EmbeddingStore(path) as store:
+        for i in range(1200, 1300):
+            store.add_image(f"{i:064x}", 100, 80, [detection(0)], vectors[i][None], np.zeros((1, 768), np.float32))
+            store.add_file(f"/data/{i}.jpg", 1, 1, f"{i:064x}", "embedded")
+    assert faiss.read_index(str(path / INDEX)).ntotal == 1300 and np.array_equal(cells(), trained)  # not retrained
+    with EmbeddingStore(path) as store:
+        assert store.search(vectors[1250], k=1)[1][0, 0] == 1251  # face ids start at 1
+        assert not store._index_unsaved  # the saved file matched the record
