@@ -88,6 +88,13 @@ def _detector_size(side: int, limit: int) -> int:
     return max(MIN_DETECTOR_SIZE, min(limit, 32 * math.ceil(side / 32)))
 
 
+def aligned_crop(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """The ArcFace-aligned 112x112 RGB crop of the face with these five landmarks (insightface's norm_crop)."""
+    from insightface.utils.face_align import norm_crop
+
+    return norm_crop(image, landmark=landmarks, image_size=ALIGNED_SIZE)
+
+
 class FaceEncoder:
     """Detects, aligns and embeds faces with the pinned insightface models.
 
@@ -191,9 +198,7 @@ class FaceEncoder:
     @staticmethod
     def align(image: np.ndarray, faces: list[FaceDetection]) -> np.ndarray:
         """ArcFace-aligned 112x112 RGB crops of `faces`, shape (n, 112, 112, 3)."""
-        from insightface.utils.face_align import norm_crop
-
-        crops = [norm_crop(image, landmark=face.landmarks, image_size=ALIGNED_SIZE) for face in faces]
+        crops = [aligned_crop(image, face.landmarks) for face in faces]
         return np.stack(crops) if crops else np.empty((0, ALIGNED_SIZE, ALIGNED_SIZE, 3), np.uint8)
 
     def embed(self, aligned: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

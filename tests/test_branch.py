@@ -90,7 +90,6 @@ def test_the_shipped_branch_is_checked_before_use(tmp_path, monkeypatch):
         DescriptorModel("adapted", backend="onnxruntime")
 
 
-
 def test_prepare_caches_each_view_of_the_train_split_and_refuses_what_it_cannot_use(tmp_path):
     from agestimate.embedding import embed
     from agestimate.errors import StoreError

@@ -37,7 +37,7 @@ from torch import nn
 
 from agestimate.descriptors import BRANCH_INPUT, BRANCH_POOLED, recogniser_input
 from agestimate.errors import StoreError
-from agestimate.faces import ALIGNED_SIZE
+from agestimate.faces import ALIGNED_SIZE, aligned_crop
 from agestimate.heads import gender_codes
 from agestimate.images import load_image
 from agestimate.metrics import gender_accuracy
@@ -125,10 +125,7 @@ def export_branch(branch: RecogniserBranch, path) -> Path:
 
 def aligned_crops(paths, landmarks) -> np.ndarray:
     """ArcFace-aligned 112x112 RGB crops of faces given by image path and five landmarks."""
-    from insightface.utils.face_align import norm_crop
-
-    return np.stack([norm_crop(load_image(path), landmark=points, image_size=ALIGNED_SIZE)
-                     for path, points in zip(paths, landmarks)])
+    return np.stack([aligned_crop(load_image(path), points) for path, points in zip(paths, landmarks)])
 
 
 def augmented(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:

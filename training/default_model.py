@@ -49,8 +49,9 @@ WEIGHTS = DEFAULT_MODEL.parent  # agestimate/weights of the checkout (or install
 # Each model's descriptor and head options. The default's 4096 features take more dropout than the
 # 0.3 measured on the 512-d embedding: UTKFace val MAE 4.208/4.203 at 0.5 against 4.238/4.244 at 0.3
 # (seeds 0/1); grid509 alone 4.345 against 4.322, the embedding 5.36 against 4.89 (BENCHMARKS.md, issue 18).
-MODELS = {"default": (DEFAULT_DESCRIPTOR, HeadOptions(dropout=0.5)), "frozen": ("grid509", HeadOptions()),
-          "embedding": ("emb", HeadOptions()), "flip": (f"{DEFAULT_DESCRIPTOR}+flip", HeadOptions(dropout=0.5))}
+WIDE_OPTIONS = HeadOptions(dropout=0.5)  # heads over the default's features, alone or flip-averaged
+MODELS = {"default": (DEFAULT_DESCRIPTOR, WIDE_OPTIONS), "frozen": ("grid509", HeadOptions()),
+          "embedding": ("emb", HeadOptions()), "flip": (f"{DEFAULT_DESCRIPTOR}+flip", WIDE_OPTIONS)}
 FOLDS = 5  # person-grouped folds of FG-NET for the card
 # Each FG-NET training face is seen 4 times per epoch (495 photos beside 16,570 UTKFace faces): FG-NET
 # person folds MAE 2.98 vs 3.19 once and 3.06 eight times, UTKFace val unchanged (BENCHMARKS.md, issue 18).
@@ -69,10 +70,8 @@ def main(argv=None) -> None:
     if (args.flip_store is None) != (args.flip_fgnet_store is None):
         parser.error("--flip-store and --flip-fgnet-store go together")
     command = "python -m agestimate.training.default_model " + " ".join(argv if argv is not None else sys.argv[1:])
-    stores = {"default": (args.store, args.fgnet_store), "frozen": (args.store, args.fgnet_store),
-              "embedding": (args.store, args.fgnet_store), "flip": (args.flip_store, args.flip_fgnet_store)}
     for name, (descriptor, options) in MODELS.items():
-        store, fgnet_store = stores[name]
+        store, fgnet_store = (args.flip_store, args.flip_fgnet_store) if name == "flip" else (args.store, args.fgnet_store)
         if store is None:
             continue
         folder = Path(args.out) / name
