@@ -93,18 +93,19 @@ class FaceTracker:
         as smoothed faces with their track numbers, in the same order, without embeddings."""
         if any(face.embedding is None for face in faces):
             raise ValueError("tracking needs the faces' embeddings: predict with return_embedding=True")
-        assigned = self._match(faces)
+        embeddings = [_unit(face.embedding) for face in faces]
+        assigned = self._match(faces, embeddings)
         for track in self.tracks:
             track.missed += 1
         shown = []
         for i, face in enumerate(faces):
             track = assigned.get(i)
             if track is None:
-                track = Track(self._next_number, face, _unit(face.embedding), deque(maxlen=self.window))
+                track = Track(self._next_number, face, embeddings[i], deque(maxlen=self.window))
                 self._next_number += 1
                 self.tracks.append(track)
             else:
-                track.embedding = _unit(0.8 * track.embedding + 0.2 * _unit(face.embedding))
+                track.embedding = _unit(0.8 * track.embedding + 0.2 * embeddings[i])
             track.missed = 0
             if face.gender is None:  # a model without a gender head
                 gender_logit = float("nan")
@@ -117,12 +118,12 @@ class FaceTracker:
         self._shown = shown
         return [track.face for track in shown]
 
-    def _match(self, faces: list) -> dict:
-        """Face index -> track, greedily by identity similarity plus IoU, best pair first."""
+    def _match(self, faces: list, embeddings: list) -> dict:
+        """Face index -> track, greedily by identity similarity (of the faces' unit `embeddings`)
+        plus IoU, best pair first."""
         if not faces or not self.tracks:
             return {}
-        embeddings = np.stack([_unit(face.embedding) for face in faces])
-        similarity = np.stack([track.embedding for track in self.tracks]) @ embeddings.T  # (tracks, faces)
+        similarity = np.stack([track.embedding for track in self.tracks]) @ np.stack(embeddings).T  # (tracks, faces)
         overlap = box_iou([track.face.box for track in self.tracks], [face.box for face in faces])
         score = np.where(similarity >= self.min_similarity, similarity + overlap, -np.inf)
         assigned = {}
