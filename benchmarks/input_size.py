@@ -19,7 +19,9 @@ import time
 import numpy as np
 
 from agestimate.descriptors import BRANCH_POOLED
+from agestimate.heads import gender_codes
 from agestimate.images import load_image
+from agestimate.metrics import summary
 from agestimate.models import weight_path
 from agestimate.runtimes import open_session
 from agestimate.store import EmbeddingStore
@@ -71,11 +73,8 @@ def features_at(records, size: int, batch_size: int = 32) -> np.ndarray:
 
 def metrics(fitted, features, age, gender) -> dict:
     predicted = fitted.predict(features)
-    error = np.abs(predicted["age"] - age)
-    known = gender >= 0
-    return {"mae": round(float(error.mean()), 4), "cs5": round(float((error <= 5).mean()), 4),
-            "mae_60plus": round(float(error[age >= 60].mean()), 3),
-            "gender_accuracy": round(float(((predicted["gender_prob_female"][known] > 0.5) == (gender[known] == 1)).mean()), 4)}
+    result = summary(age, predicted["age"], gender_true=gender, gender_pred=gender_codes(predicted["gender_prob_female"]))
+    return {key: round(result[key], 4) for key in ("mae", "cs5", "mae_60plus", "gender_accuracy")}
 
 
 def main(argv=None) -> None:
