@@ -133,10 +133,10 @@ def add_branch(recogniser: onnx.ModelProto, branch: onnx.ModelProto, tensor: str
         recogniser.graph.node.append(node)
 
 
-def recogniser_input(aligned: np.ndarray) -> np.ndarray:
-    """The recogniser's input blob (n, 3, 112, 112) of aligned RGB crops (n, 112, 112, 3):
+def recogniser_input(aligned: np.ndarray, size: int = 112) -> np.ndarray:
+    """The recogniser's input blob (n, 3, size, size) of aligned RGB crops (n, size, size, 3):
     insightface's (pixel - 127.5) / 127.5."""
-    return cv2.dnn.blobFromImages(list(aligned), 1.0 / 127.5, (112, 112), (127.5, 127.5, 127.5), swapRB=False)
+    return cv2.dnn.blobFromImages(list(aligned), 1.0 / 127.5, (size, size), (127.5, 127.5, 127.5), swapRB=False)
 
 
 def normalise(vectors: np.ndarray) -> np.ndarray:

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from agestimate.descriptors import BRANCH_POOLED
+from agestimate.descriptors import BRANCH_POOLED, recogniser_input
 from agestimate.heads import gender_codes
 from agestimate.images import load_image
 from agestimate.metrics import summary
@@ -66,8 +66,7 @@ def features_at(records, size: int, batch_size: int = 32) -> np.ndarray:
     for start in range(0, len(records.path), batch_size):
         crops = np.stack([aligned_at(load_image(path), points, size) for path, points in
                           zip(records.path[start:start + batch_size], records.landmarks[start:start + batch_size])])
-        blob = ((crops.astype(np.float32) - 127.5) / 127.5).transpose(0, 3, 1, 2)
-        batches.append(session.run(["grid"], {name: np.ascontiguousarray(blob)})[0].reshape(len(crops), -1))
+        batches.append(session.run(["grid"], {name: recogniser_input(crops, size)})[0].reshape(len(crops), -1))
     return np.concatenate(batches)
 
 
