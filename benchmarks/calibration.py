@@ -28,11 +28,10 @@ from agestimate.calibration import GROUP_EDGES, fit_calibration, fit_calibration
 from agestimate.estimator import DEFAULT_MODEL
 from agestimate.evaluation import evaluate, labelled_faces, person_fold_evaluation, select_split
 from agestimate.heads import AgeGenderHeads
-from agestimate.metrics import DECADE_KEYS, expected_calibration_error, interval_metrics
+from agestimate.metrics import decade_keys, expected_calibration_error, interval_metrics
 
 LEVELS = (0.8, 0.9)
 GAUSSIAN_Z = {0.8: 1.2816, 0.9: 1.6449}
-DECADES = [key.removeprefix("mae_") for key in DECADE_KEYS]  # 0_9, ..., 90_99, 100plus
 
 
 def headline(metrics: dict) -> dict:
@@ -40,7 +39,8 @@ def headline(metrics: dict) -> dict:
             "under_18_accuracy", "under_18_brier", "under_18_ece", "gender_accuracy", "gender_ece"]
     result = {key: metrics.get(key) for key in keys}
     for level in ("80", "90"):
-        result[f"coverage_{level}_per_decade"] = {d: metrics.get(f"coverage_{level}_{d}") for d in DECADES}
+        result[f"coverage_{level}_per_decade"] = {key.removeprefix(f"coverage_{level}_"): metrics.get(key)
+                                                     for key in decade_keys(f"coverage_{level}")}
         if f"fold_coverage_{level}" in metrics:
             result[f"fold_coverage_{level}"] = metrics[f"fold_coverage_{level}"]
     return result
@@ -52,7 +52,7 @@ def variant_row(test_age, test_out, fg_folds: dict, level_intervals) -> dict:
         low, high = level_intervals(test_out, level)
         metrics = interval_metrics(test_age, low, high, level=level)
         tag = f"{round(100 * level)}"
-        decades = [metrics[f"coverage_{tag}_{d}"] for d in DECADES[:9]]  # 0-89: decades with 44+ test faces
+        decades = [metrics[key] for key in decade_keys(f"coverage_{tag}")[:9]]  # 0-89: decades with 44+ test faces
         row[f"utk_coverage_{tag}"] = metrics[f"coverage_{tag}"]
         row[f"utk_median_width_{tag}"] = metrics[f"median_width_{tag}"]
         row[f"utk_worst_decade_0_89_{tag}"] = min(decades)

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from agestimate.metrics import DECADE_KEYS
+from agestimate.metrics import DECADE_KEYS, age_group_labels
 
 BEGIN = "<!-- benchmarks/run.py: begin (generated, do not edit by hand) -->"
 END = "<!-- benchmarks/run.py: end -->"
 DATA_NAMES = {"utkface_test": "UTKFace test split", "fgnet": "FG-NET (all 495)"}
 OURS = "agestimate predict_batch"
-DECADES = [key.removeprefix("mae_") for key in DECADE_KEYS]
 PUBLISHED = [
     ("MiVOLO (Kuprashevich & Tolstykh 2023), UTKFace", "4.23", "69.78", "97.69", "image transformer, fine-tuned"),
     ("RAPL paper, IR50+EVR+RAPL+GP, AgeDB test", "5.28", "58.53", "97.05", "fine-tuned IR50; other data"),
@@ -95,10 +94,10 @@ def accuracy(compare_entry: dict | None, variants_entry: dict | None) -> list[st
                          f"{_f(m['exact_adience8'], percent=True)} | {_f(m['one_off_bins5'], percent=True)} | "
                          f"{_f(m['exact_bins5'], percent=True)} | {_f(m['gender_accuracy'], percent=True)} |")
         lines += ["", f"MAE per decade of true age, {DATA_NAMES[data]}:", "",
-                  "| model | " + " | ".join(d.replace("_", "-") for d in DECADES) + " |",
-                  "|---|" + "---|" * len(DECADES)]
+                  "| model | " + " | ".join(age_group_labels("bins10")) + " |",
+                  "|---|" + "---|" * len(DECADE_KEYS)]
         for name, m in rows.items():
-            lines.append(f"| {name} | " + " | ".join(_f(m.get(f"mae_{d}")) for d in DECADES) + " |")
+            lines.append(f"| {name} | " + " | ".join(_f(m.get(key)) for key in DECADE_KEYS) + " |")
         lines.append("")
     lines += ["Published numbers, **not measured here** (other training data, other protocols, fine-tuned "
               "backbones; for orientation only):", "",
