@@ -117,8 +117,9 @@ def _trained_on_note(data: str) -> list[str]:
     if not trained:
         return []
     folds = ", ".join(f"{name} {card['metrics']['fgnet_person_folds']['mae']:.2f}" for name, card in trained.items())
+    protocol = next(iter(trained.values()))["data"]["fgnet_person_folds"]
     return [f"The shipped models {', '.join(trained)} were trained on these photos, so their rows here measure "
-            f"training images. On FG-NET people never seen in training (5 person folds, from their model cards): "
+            f"training images. On FG-NET people never seen in training (from their model cards: {protocol}): "
             f"MAE {folds}.", ""]
 
 

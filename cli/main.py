@@ -280,19 +280,21 @@ def train(store, out, descriptor, epochs, seed, dropout, no_rapl, no_gender, dev
               help="split: evaluate --model on --split; lopo: train per person left out; folds: train per group of "
                    "people left out, on the other stores' train split too (both need person labels).")
 @click.option("--folds", default=5, show_default=True, help="Number of person folds (--protocol folds).")
+@click.option("--shuffles", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Repeat lopo or folds with the seeds --seed, --seed + 1, ...; metrics over all their predictions.")
 @training_options
 @click.option("--json", "as_json", is_flag=True, help="Print a flat JSON object.")
 @click.option("--report", default=None, type=click.Path(file_okay=False), help="Write report.md, metrics.json and plots here.")
 @click.option("--exclude-near-duplicates", type=float, default=None,
               help="Also measure without the faces that have a near-duplicate (identity cosine >= this) in the train split.")
 @_fail_cleanly
-def evaluate(store, model, split, protocol, folds, descriptor, epochs, seed, dropout, no_rapl, no_gender, device,
+def evaluate(store, model, split, protocol, folds, shuffles, descriptor, epochs, seed, dropout, no_rapl, no_gender, device,
              augment_with, repeats, as_json, report, exclude_near_duplicates):
     """Measure a model on a store: MAE, CS@5, 1CoA, gender accuracy, MAE and bias per decade, per-group MAE."""
     if protocol == "split" and (descriptor or epochs or dropout is not None or no_rapl or no_gender or device
-                                or augment_with != "none" or repeats):
-        raise click.UsageError("--descriptor, --epochs, --dropout, --no-rapl, --no-gender, --device, --augment and "
-                               "--repeats apply to --protocol lopo and folds only")
+                                or augment_with != "none" or repeats or shuffles != 1):
+        raise click.UsageError("--descriptor, --epochs, --dropout, --no-rapl, --no-gender, --device, --augment, "
+                               "--repeats and --shuffles apply to --protocol lopo and folds only")
     if protocol in ("lopo", "folds") and (model or exclude_near_duplicates is not None or split != "test"):
         raise click.UsageError("--model, --split and --exclude-near-duplicates apply to --protocol split only")
     if protocol in ("lopo", "folds"):
@@ -301,7 +303,8 @@ def evaluate(store, model, split, protocol, folds, descriptor, epochs, seed, dro
         from agestimate.training.protocols import person_folds
 
         result = person_folds(list(store), folds=None if protocol == "lopo" else folds, descriptor=descriptor,
-                              options=options, device=device, progress=True, augment_with=augment_with, repeats=repeats)
+                              options=options, device=device, progress=True, augment_with=augment_with, repeats=repeats,
+                              shuffles=shuffles)
     else:
         if model is None:
             raise click.UsageError("--model is required unless --protocol lopo or folds")

@@ -30,11 +30,12 @@ def test_the_card_records_data_and_metrics_meeting_the_targets():
     utkface, fgnet = card["data"]["stores"]
     assert card["data"]["faces_per_source"][fgnet] == {"train": 495}  # every FG-NET person learnt from
     assert card["data"]["faces_per_source"][utkface]["test"] == test["n"]
-    # FG-NET people never seen (5 person folds): the issue asks MAE <= 3.0 and |bias| <= 2 in every decade
+    # FG-NET people never seen (5 person folds, dealt 3 times): the issue asks MAE <= 3.0 and |bias| <= 2 in every decade
     folds = card["metrics"]["fgnet_person_folds"]
-    assert folds["n"] == 495 and folds["mae"] <= 3.0
+    assert folds["n"] == 3 * 495 and len(folds["mae_per_shuffle"]) == 3 and folds["mae"] <= 3.0
     assert all(abs(folds[f"bias_{decade}"]) <= 2.0 for decade in ("0_9", "10_19", "20_29", "30_39", "40_49", "50_59"))
-    # 60-69 holds 3 photos: +2.17 for the shipped seed, -0.34 for seed 1 (BENCHMARKS.md); the issue's +-2 is missed there
+    # 60-69 holds 3 photos: +2.23 over the card's 3 dealings, from -0.34 to +2.56 in single ones (BENCHMARKS.md);
+    # the issue's +-2 is missed there
     assert abs(folds["bias_60_69"]) <= 2.5
     assert (DEFAULT_MODEL / "heads.onnx").stat().st_size < 5_000_000
 

@@ -149,7 +149,7 @@ def train(store, out, *, descriptor: str | None = None, options: HeadOptions = H
 
 def person_folds(stores, *, folds: int | None = 5, descriptor: str | None = None, options: HeadOptions = HeadOptions(),
                  device=None, val_fraction: float = 0.1, progress: bool = False, augment_with: str = "none",
-                 repeats=None) -> Evaluation:
+                 repeats=None, shuffles: int = 1) -> Evaluation:
     """Person-grouped cross-validation: every face with a person label is predicted by heads
     that never saw that person; metrics over all those faces.
 
@@ -159,7 +159,15 @@ def person_folds(stores, *, folds: int | None = 5, descriptor: str | None = None
     choose the epoch, and on the faces without a person of the train split or of no split
     (UTKFace's train split); the faces without a person of the val split join the validation
     set, those of the test split are never used. `repeats`: as in `train`.
+
+    `shuffles` > 1 repeats it all with the seeds seed, seed + 1, ... (other folds, other heads):
+    each face is then predicted once per shuffle, the metrics are over all these predictions
+    (``n`` counts them; MAE and biases are the means over shuffles) and ``mae_per_shuffle``
+    lists each shuffle's MAE. One shuffle of a few dozen people is a noisy measure (FG-NET:
+    BENCHMARKS.md, issue 18).
     """
+    if shuffles < 1:
+        raise ValueError(f"shuffles must be at least 1, got {shuffles}")
     sources = load_sources(stores, descriptor)
     records, groups = sources.records, sources.groups
     has_person = records.person != ""
@@ -170,21 +178,31 @@ def person_folds(stores, *, folds: int | None = 5, descriptor: str | None = None
     n_folds = len(people) if folds is None else folds
     if not 2 <= n_folds <= len(people):
         raise StoreError(f"{', '.join(sources.stores)}: {n_folds} folds of {len(people)} people; give 2 to {len(people)}")
-    rng = np.random.default_rng(options.seed)
     fixed_val = ~has_person & (records.split == "val")
     free = ~has_person & ~np.isin(records.split, ("val", "test"))
-    predicted_age = np.full(len(records), np.nan, np.float32)
-    predicted_gender = np.full(len(records), -1, np.int64)
-    for fold in tqdm_if(np.array_split(rng.permutation(people), n_folds), progress, "lopo" if folds is None else "folds"):
-        held_out = np.isin(groups, fold)
-        val_people = held_out_groups(groups, has_person & ~held_out, fraction=val_fraction, rng=rng)
-        training = repeat_index(sources, (has_person & ~held_out & ~val_people) | free, repeats)
-        fitted = fit_on(records.subset(training), records.subset(val_people | fixed_val), options, device,
-                        augment_with=augment_with)
-        result = predict_with(fitted, records.subset(held_out))
-        predicted_age[held_out] = result.predicted_age
-        predicted_gender[held_out] = result.predicted_gender
-    return measure(records.subset(has_person), predicted_age[has_person], predicted_gender[has_person])
+    results = []
+    for shuffle in range(shuffles):
+        shuffle_options = dataclasses.replace(options, seed=options.seed + shuffle)
+        rng = np.random.default_rng(shuffle_options.seed)
+        predicted_age = np.full(len(records), np.nan, np.float32)
+        predicted_gender = np.full(len(records), -1, np.int64)
+        for fold in tqdm_if(np.array_split(rng.permutation(people), n_folds), progress, "lopo" if folds is None else "folds"):
+            held_out = np.isin(groups, fold)
+            val_people = held_out_groups(groups, has_person & ~held_out, fraction=val_fraction, rng=rng)
+            training = repeat_index(sources, (has_person & ~held_out & ~val_people) | free, repeats)
+            fitted = fit_on(records.subset(training), records.subset(val_people | fixed_val), shuffle_options, device,
+                            augment_with=augment_with)
+            result = predict_with(fitted, records.subset(held_out))
+            predicted_age[held_out] = result.predicted_age
+            predicted_gender[held_out] = result.predicted_gender
+        results.append(measure(records.subset(has_person), predicted_age[has_person], predicted_gender[has_person]))
+    if shuffles == 1:
+        return results[0]
+    pooled = measure(FaceRecords.concatenate([result.records for result in results]),
+                     np.concatenate([result.predicted_age for result in results]),
+                     np.concatenate([result.predicted_gender for result in results]))
+    pooled.metrics.update({"shuffles": shuffles, "mae_per_shuffle": [result.metrics["mae"] for result in results]})
+    return pooled
 
 
 def ablation(store, *, descriptor: str | None = None, seeds=(0, 1, 2), options: HeadOptions = HeadOptions(),
