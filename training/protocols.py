@@ -192,9 +192,9 @@ def person_folds(stores, *, folds: int | None = 5, descriptor: str | None = None
             training = repeat_index(sources, (has_person & ~held_out & ~val_people) | free, repeats)
             fitted = fit_on(records.subset(training), records.subset(val_people | fixed_val), shuffle_options, device,
                             augment_with=augment_with)
-            result = predict_with(fitted, records.subset(held_out))
-            predicted_age[held_out] = result.predicted_age
-            predicted_gender[held_out] = result.predicted_gender
+            fold_result = predict_with(fitted, records.subset(held_out))
+            predicted_age[held_out] = fold_result.predicted_age
+            predicted_gender[held_out] = fold_result.predicted_gender
         results.append(measure(records.subset(has_person), predicted_age[has_person], predicted_gender[has_person]))
     if shuffles == 1:
         return results[0]
