@@ -122,14 +122,19 @@ def evaluate(model, store, *, split: str = "test", exclude_near_duplicates: floa
     return clean
 
 
+def deal_into_folds(people: np.ndarray, folds: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """`people` in an order drawn with `rng`, dealt into `folds` groups whose sizes differ by at most one."""
+    return np.array_split(rng.permutation(people), folds)
+
+
 def fold_of_each_face(records: FaceRecords, folds: int = 5, *, seed: int = 0) -> np.ndarray:
-    """Fold number (n,) of each face: people shuffled with `seed`, all photos of a person in one fold;
-    -1 for faces without a person label."""
+    """Fold number (n,) of each face: people dealt into folds with `seed` (`deal_into_folds`), all
+    photos of a person in one fold; -1 for faces without a person label."""
     people = np.array(sorted(set(records.person.tolist()) - {""}))
     if len(people) < folds:
         raise StoreError(f"person folds need at least {folds} people with a person label, found {len(people)}")
-    np.random.default_rng(seed).shuffle(people)
-    fold_of = {person: i % folds for i, person in enumerate(people)}
+    dealt = deal_into_folds(people, folds, np.random.default_rng(seed))
+    fold_of = {person: fold for fold, group in enumerate(dealt) for person in group}
     return np.array([fold_of.get(person, -1) for person in records.person], np.int64)
 
 

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 pytest.importorskip("torch")
 
 from agestimate.cli.main import cli  # noqa: E402
+from agestimate.errors import StoreError  # noqa: E402
 from agestimate.estimator import FROZEN_MODEL, Estimator  # noqa: E402
 from agestimate.heads import AgeGenderHeads  # noqa: E402
 from agestimate.labels import GENDER_NAMES  # noqa: E402
@@ -356,6 +357,21 @@ def test_person_folds_protocol_over_two_stores(trained, people_store):
     assert shuffled["mae"] == pytest.approx((first + second) / 2)
     result = CliRunner().invoke(cli, ["eval", "--store", str(store), "--protocol", "folds", "--folds", "9", "--epochs", "2"])
     assert result.exit_code == 1 and "9 folds of 4 people" in result.output
+
+
+def test_person_fold_evaluation_calibrates_each_fold_without_its_people(trained, people_store):
+    from agestimate.evaluation import fold_of_each_face, labelled_faces, person_fold_evaluation
+
+    store, model, _ = trained
+    records, _ = labelled_faces(people_store)
+    fold = fold_of_each_face(records, 2, seed=3)
+    for person in set(records.person):
+        assert len(set(fold[records.person == person])) == 1  # all photos of a person in one fold
+    assert sorted(len(set(records.person[fold == k])) for k in (0, 1)) == [2, 2]
+    result = person_fold_evaluation(model, people_store, calibration_sources=[(store, "val")], folds=2, seed=3)
+    assert result.metrics["n"] == 16 and len(result.metrics["fold_coverage_80"]) == 2
+    with pytest.raises(StoreError, match="at least 5 people"):
+        fold_of_each_face(records, 5)
 
 
 def test_train_without_label_outliers_and_near_duplicates(trained, tmp_path):

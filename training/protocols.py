@@ -11,7 +11,8 @@ import numpy as np
 
 from agestimate.calibration import calibrate
 from agestimate.errors import StoreError
-from agestimate.evaluation import Evaluation, labelled_faces, measure, predict_records, select_split
+from agestimate.evaluation import (Evaluation, deal_into_folds, labelled_faces, measure, predict_records,
+                                  select_split)
 from agestimate.heads import AgeGenderHeads, gender_codes, update_card
 from agestimate.store import FaceRecords
 
@@ -186,7 +187,7 @@ def person_folds(stores, *, folds: int | None = 5, descriptor: str | None = None
         rng = np.random.default_rng(shuffle_options.seed)
         predicted_age = np.full(len(records), np.nan, np.float32)
         predicted_gender = np.full(len(records), -1, np.int64)
-        for fold in tqdm_if(np.array_split(rng.permutation(people), n_folds), progress, "lopo" if folds is None else "folds"):
+        for fold in tqdm_if(deal_into_folds(people, n_folds, rng), progress, "lopo" if folds is None else "folds"):
             held_out = np.isin(groups, fold)
             val_people = held_out_groups(groups, has_person & ~held_out, fraction=val_fraction, rng=rng)
             training = repeat_index(sources, (has_person & ~held_out & ~val_people) | free, repeats)
