@@ -70,10 +70,11 @@ def features_at(records, size: int, batch_size: int = 32) -> np.ndarray:
     return np.concatenate(batches)
 
 
-def metrics(fitted, features, age, gender) -> dict:
+def metrics(fitted, features, age, gender, keys=("mae", "cs5", "mae_60plus", "gender_accuracy")) -> dict:
+    """The `keys` of `agestimate.metrics.summary` for the heads `fitted` on `features`, rounded."""
     predicted = fitted.predict(features)
     result = summary(age, predicted["age"], gender_true=gender, gender_pred=gender_codes(predicted["gender_prob_female"]))
-    return {key: round(result[key], 4) for key in ("mae", "cs5", "mae_60plus", "gender_accuracy")}
+    return {key: round(result[key], 4) for key in keys}
 
 
 def main(argv=None) -> None:

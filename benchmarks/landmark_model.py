@@ -20,11 +20,10 @@ import json
 import time
 
 import numpy as np
+from input_size import metrics
 
 from agestimate.descriptors import DEFAULT_DESCRIPTOR
-from agestimate.heads import gender_codes
 from agestimate.images import load_image
-from agestimate.metrics import summary
 from agestimate.models import weights_dir
 from agestimate.store import EmbeddingStore
 from agestimate.training.default_model import WIDE_OPTIONS
@@ -75,25 +74,23 @@ def main(argv=None) -> None:
                    for split in ("train", "val")}
     extra = {split: landmark_features(part) for split, part in records.items()}
     mean, scale = extra["train"][0].mean(0), extra["train"][0].std()
+    points = {split: (extra[split][0] - mean) / scale for split in records}
+    maps = {split: extra[split][1] for split in records}
     variants = {
         "default features": {split: part.features for split, part in records.items()},
-        "+ lmk": {split: np.hstack([records[split].features, (extra[split][0] - mean) / scale]) for split in records},
-        "+ lmk + maps": {split: np.hstack([records[split].features, (extra[split][0] - mean) / scale, extra[split][1]])
-                         for split in records},
-        "lmk + maps alone": {split: np.hstack([(extra[split][0] - mean) / scale, extra[split][1]]) for split in records},
+        "+ lmk": {split: np.hstack([records[split].features, points[split]]) for split in records},
+        "+ lmk + maps": {split: np.hstack([records[split].features, points[split], maps[split]]) for split in records},
+        "lmk + maps alone": {split: np.hstack([points[split], maps[split]]) for split in records},
     }
     train, val = records["train"], records["val"]
     for name, features in variants.items():
         for seed in (int(seed) for seed in args.seeds.split(",")):
             fitted = fit_heads(features["train"], train.age, train.gender, features["val"], val.age, val.gender,
                                options=dataclasses.replace(WIDE_OPTIONS, seed=seed))
-            predicted = fitted.predict(features["val"])
-            result = summary(val.age, predicted["age"], gender_true=val.gender,
-                             gender_pred=gender_codes(predicted["gender_prob_female"]))
             print(json.dumps({"variant": name, "seed": seed, "dim": features["train"].shape[1],
                               "best_epoch": fitted.best_epoch, "landmark_ms_per_face": round(extra["val"][2], 2),
-                              **{key: round(result[key], 4) for key in ("mae", "cs5", "mae_0_9", "mae_60plus",
-                                                                        "gender_accuracy")}}), flush=True)
+                              **metrics(fitted, features["val"], val.age, val.gender,
+                                        ("mae", "cs5", "mae_0_9", "mae_60plus", "gender_accuracy"))}), flush=True)
 
 
 if __name__ == "__main__":
