@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
+from .atomic import atomic_path
 from .calibration import DEFAULT_LEVEL, Calibration, check_level
 from .descriptors import Descriptor
 from .errors import ModelFileError
@@ -104,10 +104,8 @@ class HeadOutputs:
 def write_card(model_dir, card: dict, *, default=None) -> None:
     """Write `card` as the model card ``model.json`` of `model_dir`, atomically (a temporary file,
     then a rename); `default` converts what JSON cannot hold (see `json.dumps`)."""
-    path = Path(model_dir) / "model.json"
-    temporary = path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(card, indent=2, default=default) + "\n")
-    os.replace(temporary, path)
+    with atomic_path(Path(model_dir) / "model.json") as temporary:
+        temporary.write_text(json.dumps(card, indent=2, default=default) + "\n")
 
 
 def update_card(model_dir, **fields) -> dict:

@@ -20,12 +20,12 @@ import csv
 import io
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from .atomic import atomic_path
 from .errors import AgestimateError
 
 logger = logging.getLogger(__name__)
@@ -180,9 +180,8 @@ class PredictionWriter:
 
         if self._pending or always:
             final = self.out / f"part-{self._parts:05d}.parquet"
-            temporary = self.out / f".{final.name}.tmp"  # hidden: Parquet readers skip it while it is written
-            pq.write_table(rows_to_table(self._pending), temporary)
-            os.replace(temporary, final)
+            with atomic_path(final) as temporary:
+                pq.write_table(rows_to_table(self._pending), temporary)
             self._parts += 1
             self._pending = []
         self._last_part = time.monotonic()

@@ -34,6 +34,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from .atomic import atomic_path
 from .errors import StoreError
 from .descriptors import EMBEDDING_DIM, Descriptor
 from .faces import FaceDetection
@@ -290,11 +291,8 @@ class EmbeddingStore:
             version = self._record_version()
             index = self.index
             if self._index_unsaved or self._meta("index_version") != str(version) or not (self.path / INDEX).exists():
-                temporary = self.path / f"{INDEX}.{os.getpid()}.tmp"
-                faiss.write_index(index, str(temporary))
-                with open(temporary, "rb") as stream:
-                    os.fsync(stream.fileno())
-                os.replace(temporary, self.path / INDEX)
+                with atomic_path(self.path / INDEX) as temporary:
+                    faiss.write_index(index, str(temporary))
                 self._mark_index_saved(version)
         self._index_unsaved = False
 

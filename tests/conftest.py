@@ -1,3 +1,4 @@
+import time
 from pathlib import Path
 
 import numpy as np
@@ -7,6 +8,29 @@ FIXTURES = Path(__file__).parent / "fixtures"
 # ../shared/data beside the checkout (or beside a folder above it, for git worktrees)
 SHARED_DATA = next((folder / "shared" / "data" for folder in Path(__file__).resolve().parents[1:]
                     if (folder / "shared" / "data").is_dir()), Path(__file__).resolve().parents[1].parent / "shared" / "data")
+
+
+# A limit for waits on what comes within seconds on any machine: reached only when it never comes.
+PATIENCE_SECONDS = 600
+
+
+def wait_until(condition, *, what: str, seconds: float = PATIENCE_SECONDS):
+    """Poll `condition()` until it is true and return its value; fail naming `what` after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {seconds} s")
+        time.sleep(0.05)
+    return value
+
+
+@pytest.fixture(scope="session", autouse=True)
+def empty_model_cache(tmp_path_factory):
+    """The suite compiles the models into its own empty cache, as on a fresh machine, whatever
+    this machine cached before (its subprocesses inherit the setting)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AGESTIMATE_CACHE", str(tmp_path_factory.mktemp("agestimate-cache")))
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ from PIL import Image
 from agestimate.cli.main import cli
 from agestimate.predictions import PREDICTION_COLUMNS, table_rows
 
-from conftest import FIXTURES, add_bad_files
+from conftest import FIXTURES, PATIENCE_SECONDS, add_bad_files, wait_until
 
 ray = pytest.importorskip("ray")
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
@@ -126,22 +126,23 @@ def _reader_of(path, exclude=()):
     return None
 
 
-def _writer_once_read(pipe, exclude=(), timeout=120):
+def _writer_once_read(pipe, exclude=()):
     """A write end of `pipe`, opened once a process (not in `exclude`) waits to read it, and its pid."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def opened():
         try:
             descriptor = os.open(pipe, os.O_WRONLY | os.O_NONBLOCK)  # succeeds only while a reader waits
         except OSError:
-            time.sleep(0.05)
-            continue
+            return None
         for _ in range(100):  # the reader's open returns now; then its descriptor shows in /proc
             pid = _reader_of(pipe, exclude)
             if pid is not None:
                 return descriptor, pid
             time.sleep(0.05)
         os.close(descriptor)
-    raise AssertionError(f"no actor opened {pipe} within {timeout} s")
+        return None
+
+    return wait_until(opened, what=f"an actor opens {pipe}")
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="finds the actor through /proc")
@@ -159,21 +160,17 @@ def test_an_actor_killed_mid_run_loses_and_repeats_nothing(face_folder, tmp_path
     job = threading.Thread(target=lambda: summary.update(predict(paths, out=out, actors=1, batch_size=2)))
     job.start()
     descriptor, first = _writer_once_read(pipe)
-    deadline = time.monotonic() + 60
-    while not (out.exists() and out.read_text()) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: out.exists() and out.read_text(), what="the rows before the pipe's batch are written")
     written_before = len(out.read_text().splitlines())
     assert written_before > 0  # the batches before the pipe's are done: the kill is mid-run
     os.kill(first, signal.SIGKILL)  # the actor, blocked reading the pipe
     os.close(descriptor)
-    deadline = time.monotonic() + 60
-    while _reader_of(pipe) == first and time.monotonic() < deadline:  # until the killed actor is gone
-        time.sleep(0.05)
+    wait_until(lambda: _reader_of(pipe) != first, what="the killed actor is gone")
     descriptor, second = _writer_once_read(pipe, exclude={first})  # the restarted actor retrying the pipe's batch
     os.set_blocking(descriptor, True)
     os.write(descriptor, (FIXTURES / "fgnet" / "001A02.JPG").read_bytes())
     os.close(descriptor)
-    job.join(timeout=300)
+    job.join(timeout=PATIENCE_SECONDS)
     assert not job.is_alive()
     import json
 

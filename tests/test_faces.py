@@ -7,7 +7,7 @@ from agestimate.faces import FaceEncoder
 from agestimate.images import load_image
 from agestimate.models import load_model
 
-from conftest import FIXTURES
+from conftest import FIXTURES, PATIENCE_SECONDS
 
 
 def test_group_photo_yields_every_face(encoder, players_path):
@@ -81,7 +81,7 @@ def test_bad_sources_come_back_as_errors_in_order(encoder, tmp_path):
     assert results[0].features.shape == (1, encoder.descriptor.dim)
 
 
-def first_results(batches, count, seconds):
+def first_results(batches, count, seconds=PATIENCE_SECONDS):
     """The first `count` items of `batches`, or as many as came within `seconds`."""
     import threading
 
@@ -107,15 +107,16 @@ def test_a_stalled_faceless_stream_still_yields_what_it_has(encoder):
     import agestimate
 
     released = threading.Event()
+    agestimate.predict(np.zeros((64, 64, 3), np.uint8))  # the default model loaded before the wait
 
     def camera():
         for _ in range(3):
             yield np.full((96, 128, 3), 120, np.uint8)
-        released.wait(30)
+        released.wait(PATIENCE_SECONDS)
 
     try:
-        encoded = first_results(encoder.encode_batch(camera(), batch_size=64), 3, seconds=10)
-        predicted = first_results(agestimate.predict_batch(camera(), batch_size=32), 3, seconds=20)
+        encoded = first_results(encoder.encode_batch(camera(), batch_size=64), 3)
+        predicted = first_results(agestimate.predict_batch(camera(), batch_size=32), 3)
     finally:
         released.set()
     assert [len(result.faces) for result in encoded] == [0, 0, 0]

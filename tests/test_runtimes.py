@@ -14,23 +14,27 @@ from agestimate.runtimes import OnnxRuntimeSession, OpenVINOSession, open_sessio
 from conftest import FIXTURES
 
 
-def tiny_model() -> bytes:
-    """y = relu(x @ W), x of shape (batch, 3), with a dynamic batch."""
+def tiny_model(output: str = "y") -> bytes:
+    """relu(x @ W) through an Identity, x of shape (batch, 3), with a dynamic batch. Compiled
+    fresh, OpenVINO names the output both "r" and `output`; imported from a blob, only `output`."""
     weight = helper.make_tensor("W", TensorProto.FLOAT, [3, 2], [1, -1, 2, 0, -3, 1])
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Relu", ["h"], ["y"])], "tiny",
+        [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+         helper.make_node("Identity", ["r"], [output])], "tiny",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])], initializer=[weight])
+        [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["batch", 2])], initializer=[weight])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
 
 
+TINY_X = np.array([[1, 2, 3], [-1, 0, 1]], np.float32)
+TINY_Y = np.maximum(TINY_X @ np.array([[1, -1], [2, 0], [-3, 1]], np.float32), 0)
+
+
 def test_both_backends_answer_run_like_an_onnx_runtime_session():
-    x = np.array([[1, 2, 3], [-1, 0, 1]], np.float32)
-    expected = np.maximum(x @ np.array([[1, -1], [2, 0], [-3, 1]], np.float32), 0)
     for backend in ("openvino", "onnxruntime"):
         session = open_session(tiny_model(), backend=backend, precision="f32", threads=1)
-        (y,) = session.run(["y"], {"x": x})
-        np.testing.assert_allclose(y, expected, rtol=1e-6)
+        (y,) = session.run(["y"], {"x": TINY_X})
+        np.testing.assert_allclose(y, TINY_Y, rtol=1e-6)
         assert [i.name for i in session.get_inputs()] == ["x"] and session.get_outputs()[0].name == "y"
         assert session.info.backend == backend and session.info.precision == "f32"
 
@@ -52,6 +56,84 @@ def test_precision_is_decided_from_the_cpu_and_f32_can_be_forced(monkeypatch):
     assert OpenVINOSession(tiny_model(), precision="f32").info.precision == "f32"
     with pytest.raises(ValueError, match="unknown precision 'fp8'"):
         resolve_precision("fp8")
+
+
+class CountingCore:
+    """OpenVINO's Core, counting the models it compiles (the rest goes to the real one)."""
+
+    def __init__(self, core):
+        self.core, self.compiled = core, 0
+
+    def compile_model(self, *args, **kwargs):
+        self.compiled += 1
+        return self.core.compile_model(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.core, name)
+
+
+@pytest.fixture
+def model_cache(tmp_path, monkeypatch):
+    """An empty compiled-model cache folder, and the counting Core compiling into it."""
+    monkeypatch.setenv("AGESTIMATE_CACHE", str(tmp_path / "cache"))
+    core = CountingCore(runtimes._openvino_core())
+    monkeypatch.setattr(runtimes, "_openvino_core", lambda: core)
+    return core
+
+
+def cached_blobs():
+    return sorted(runtimes.cache_dir().glob("*.blob"))
+
+
+def assert_answers_by_its_graph_names(session):
+    assert [port.name for port in session.get_inputs()] == ["x"] and [port.name for port in session.get_outputs()] == ["y"]
+    for names in (["y"], None):
+        np.testing.assert_allclose(session.run(names, {"x": TINY_X})[0], TINY_Y, rtol=1e-6)
+
+
+def test_a_model_compiled_or_imported_from_the_cache_answers_by_the_same_names(model_cache):
+    """Issue 26: the detector's output 'score_8' was also '450' when compiled fresh, only 'score_8'
+    when imported, so a session opened beside a cached one asked for a name it did not have."""
+    fresh = OpenVINOSession(tiny_model(), precision="f32")
+    imported = OpenVINOSession(tiny_model(), precision="f32")
+    assert model_cache.compiled == 1 and len(cached_blobs()) == 1
+    assert "r" in fresh.compiled.outputs[0].get_names() and "r" not in imported.compiled.outputs[0].get_names()
+    for session in (fresh, imported):
+        assert_answers_by_its_graph_names(session)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "another model"])
+def test_a_damaged_cache_entry_is_compiled_again_and_replaced(model_cache, damage):
+    OpenVINOSession(tiny_model(), precision="f32")
+    (blob,) = cached_blobs()
+    good = blob.read_bytes()
+    if damage == "another model":
+        OpenVINOSession(tiny_model(output="z"), precision="f32")
+        (other,) = set(cached_blobs()) - {blob}
+        blob.write_bytes(other.read_bytes())  # imports fine, but answers "z"
+    else:
+        blob.write_bytes({"truncated": good[: len(good) // 2], "garbage": b"\x00agestimate" * 100, "empty": b""}[damage])
+    compiled_before = model_cache.compiled
+    assert_answers_by_its_graph_names(OpenVINOSession(tiny_model(), precision="f32"))
+    assert model_cache.compiled == compiled_before + 1
+    assert_answers_by_its_graph_names(OpenVINOSession(tiny_model(), precision="f32"))
+    assert model_cache.compiled == compiled_before + 1  # the entry was replaced by one that imports
+
+
+def test_a_cache_folder_that_cannot_be_written_costs_only_the_compile(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("AGESTIMATE_CACHE", str(tmp_path / "file"))
+    assert_answers_by_its_graph_names(OpenVINOSession(tiny_model(), precision="f32"))
+
+
+def test_threads_opening_one_model_at_once_on_an_empty_cache_all_get_working_sessions(model_cache):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        sessions = list(pool.map(lambda _: OpenVINOSession(tiny_model(), precision="f32"), range(8)))
+    for session in sessions:
+        assert_answers_by_its_graph_names(session)
+    assert len(cached_blobs()) == 1 and not list(runtimes.cache_dir().glob(".*.tmp"))
 
 
 def test_unknown_backend_is_refused_by_name():
