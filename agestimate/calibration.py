@@ -210,9 +210,12 @@ class Calibration:
 
 def fit_calibration(outputs, true_age, gender=None, *, source: dict | None = None,
                     group_edges=GROUP_EDGES) -> Calibration:
-    """A `Calibration` from head outputs of labelled faces (raw, uncalibrated gender) and their labels."""
+    """A `Calibration` from head outputs of labelled faces (raw, uncalibrated gender) and their
+    labels: the age intervals from the faces with an age (NaN: unknown), the gender temperature
+    from those with a gender (-1: unknown)."""
     true_age = np.asarray(true_age, np.float64)
-    age = AgeCalibration.fit(outputs.age, outputs.age_spread, true_age, group_edges=group_edges)
+    aged = ~np.isnan(true_age)
+    age = AgeCalibration.fit(outputs.age[aged], outputs.age_spread[aged], true_age[aged], group_edges=group_edges)
     has_gender = gender is not None and (np.asarray(gender) >= 0).any() and (outputs.gender >= 0).any()
     return Calibration(age, GenderCalibration.fit(outputs.gender_prob_female, gender) if has_gender else None,
                        {"faces": int(len(true_age)), **(source or {})})

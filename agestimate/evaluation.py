@@ -48,16 +48,18 @@ class Evaluation:
 
 def measure(records: FaceRecords, predicted_age: np.ndarray, predicted_gender: np.ndarray, *,
             uncertainty: dict | None = None) -> Evaluation:
-    """Metrics of predictions for `records` (their true labels); see `Evaluation` for `uncertainty`."""
+    """Metrics of predictions for `records` (their true labels); see `Evaluation` for `uncertainty`.
+    Age metrics count the faces with an age label, gender metrics those with a gender label."""
     metrics = summary(records.age, predicted_age, gender_true=records.gender, gender_pred=predicted_gender)
+    aged = ~np.isnan(records.age)
     for name, labels, names in (("gender", records.gender, GENDER_NAME_OF_CODE), ("race", records.race, RACE_NAMES)):
-        known = labels >= 0
+        known = aged & (labels >= 0)
         by_group = mae_by_group(records.age[known], predicted_age[known], labels[known]) if known.any() else {}
         metrics.update({f"mae_{name}_{names.get(group, group)}": value for group, value in by_group.items()})
-    if uncertainty is not None and len(records):
+    if uncertainty is not None and aged.any():
         for level, (low, high) in uncertainty["intervals"].items():
-            metrics.update(interval_metrics(records.age, low, high, level=level))
-        metrics.update(threshold_metrics(records.age, uncertainty["prob_under_18"], threshold=MINOR_AGE))
+            metrics.update(interval_metrics(records.age[aged], low[aged], high[aged], level=level))
+        metrics.update(threshold_metrics(records.age[aged], uncertainty["prob_under_18"][aged], threshold=MINOR_AGE))
         known = (records.gender >= 0) & (predicted_gender >= 0)
         metrics["gender_ece"] = (expected_calibration_error(uncertainty["prob_female"][known], records.gender[known])
                                  if known.any() else None)

@@ -58,7 +58,12 @@ def label_outliers(store: EmbeddingStore, records: FaceRecords, *, neighbours: i
                    min_gap: float = 15.0) -> tuple[np.ndarray, np.ndarray]:
     """Faces whose age label differs by at least `min_gap` years from the median label of their
     `neighbours` nearest other faces among `records` (identity embeddings, through the store's
-    index; all other faces where there are fewer): (indices sorted by gap, neighbour medians)."""
+    index; all other faces where there are fewer): (indices sorted by gap, neighbour medians).
+    Faces without an age label are left out."""
+    aged = np.flatnonzero(~np.isnan(records.age))
+    if len(aged) < len(records):
+        order, medians = label_outliers(store, records.subset(aged), neighbours=neighbours, min_gap=min_gap)
+        return aged[order], medians
     count = len(records)
     neighbours = min(neighbours, count - 1)  # a small store has fewer faces than asked for
     if neighbours < 1:

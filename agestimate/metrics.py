@@ -84,6 +84,9 @@ def decade_keys(prefix: str) -> list[str]:
 
 DECADE_KEYS = decade_keys("mae")
 """Keys of the MAE per decade of true age in `age_metrics`: mae_0_9, ..., mae_90_99, mae_100plus."""
+# Children's gender, the hardest to read: accuracy under these true ages (gender_accuracy_under_10, _under_13).
+GENDER_BANDS = (10, 13)
+GENDER_BAND_KEYS = [f"gender_accuracy_under_{age}" for age in GENDER_BANDS]
 
 
 def mae(y_true, y_pred) -> float:
@@ -207,26 +210,35 @@ def age_metrics(y_true, y_pred) -> dict:
 
 
 def summary(y_true, y_pred, *, gender_true=None, gender_pred=None) -> dict:
-    """All age metrics (see `age_metrics`) plus ``gender_accuracy``, overall and per decade of
-    true age (``gender_accuracy_0_9`` ... ``gender_accuracy_100plus``), as one flat dict.
+    """All age metrics (see `age_metrics`) over the samples with a known age, plus
+    ``gender_accuracy`` over those with a known gender: overall, under 10 and under 13
+    (``gender_accuracy_under_10``, ``_under_13``) and per decade of true age
+    (``gender_accuracy_0_9`` ... ``gender_accuracy_100plus``; these need the age too), and the
+    counts ``n_gender`` (``n`` counts the samples with an age), as one flat dict.
 
     Parameters
     ----------
     y_true, y_pred : array-like, shape (N,)
-        True and predicted ages.
+        True ages (NaN for unknown: a face labelled with its gender only) and predicted ages.
     gender_true, gender_pred : array-like of int, shape (N,), optional
         True (-1 for unknown) and predicted gender; the gender accuracies are None when either
-        is missing or no true gender is known (in that decade).
+        is missing or no true gender is known (in that band).
     """
-    result = age_metrics(y_true, y_pred)
-    keys = ["gender_accuracy", *decade_keys("gender_accuracy")]
-    if gender_true is None or gender_pred is None or result["n"] == 0:
-        return result | dict.fromkeys(keys)
+    y_true, y_pred = np.asarray(y_true, np.float64), np.asarray(y_pred, np.float64)
+    aged = ~np.isnan(y_true)
+    result = age_metrics(y_true[aged], y_pred[aged])
+    keys = ["gender_accuracy", *GENDER_BAND_KEYS, *decade_keys("gender_accuracy")]
+    if gender_true is None or gender_pred is None:
+        return result | {"n_gender": 0} | dict.fromkeys(keys)
     gender_true, gender_pred = np.asarray(gender_true), np.asarray(gender_pred)
-    decades = age_group(y_true, "bins10")
+    result["n_gender"] = int((gender_true >= 0).sum())
     result["gender_accuracy"] = gender_accuracy(gender_true, gender_pred)
+    for key, below in zip(GENDER_BAND_KEYS, GENDER_BANDS):
+        result[key] = gender_accuracy(gender_true[y_true < below], gender_pred[y_true < below])
+    decades = np.full(len(y_true), -1)
+    decades[aged] = age_group(y_true[aged], "bins10")
     result.update({key: gender_accuracy(gender_true[decades == i], gender_pred[decades == i])
-                   for i, key in enumerate(keys[1:])})
+                   for i, key in enumerate(decade_keys("gender_accuracy"))})
     return result
 
 

@@ -24,10 +24,10 @@ DEFAULT_K = 5
 class Neighbour:
     """One labelled face of a store: its file, age label, gender label ("male", "female" or None),
     split label ('' when none), the cosine similarity of its identity embedding to the query,
-    and its face id in the store."""
+    and its face id in the store. age is None for a face labelled with its gender only."""
 
     file: str
-    age: float
+    age: float | None
     gender: str | None
     split: str
     similarity: float
@@ -83,7 +83,7 @@ class StoreNeighbours:
                 if face_id < 0:  # fewer labelled faces than k
                     continue
                 i = self._rows[int(face_id)]
-                found.append(Neighbour(file=str(labelled.path[i]), age=float(labelled.age[i]),
+                found.append(Neighbour(file=str(labelled.path[i]), age=None if np.isnan(labelled.age[i]) else float(labelled.age[i]),
                                        gender=GENDER_NAME_OF_CODE.get(int(labelled.gender[i])), split=str(labelled.split[i]),
                                        similarity=float(similarity), face_id=int(face_id)))
             result.append(found)

@@ -444,7 +444,8 @@ class EmbeddingStore:
             (same flip setting, a subset of its blocks), or "emb", the identity embedding, which
             every store holds; default: the store's own.
         split : only faces of images with this split label.
-        labelled : only faces of images with an age label.
+        labelled : only faces of images with an age or a gender label (either may be missing:
+            FG-NET has no genders, LFW no ages).
         primary : only the largest face of each image (face_index 0), the one a label describes.
         """
         query = """
@@ -457,7 +458,7 @@ class EmbeddingStore:
             query += " AND l.split = ?"
             parameters.append(split)
         if labelled:
-            query += " AND l.age IS NOT NULL"
+            query += " AND (l.age IS NOT NULL OR l.gender IS NOT NULL)"
         if primary:
             query += " AND f.face_index = 0"
         columns_of_part = None
@@ -559,12 +560,13 @@ class EmbeddingStore:
                     f"SELECT split, COUNT(*) FROM labels WHERE sha256 IN (SELECT sha256 FROM images) AND {current} "
                     "GROUP BY split")
             },
-            "labelled_faces_by_split": {
+            **{f"{name}_by_split": {
                 (split or "none"): count
                 for split, count in self._db.execute(
                     "SELECT l.split, COUNT(*) FROM faces f JOIN labels l ON l.sha256 = f.sha256 "
-                    f"WHERE f.face_index = 0 AND l.age IS NOT NULL AND f.{current} GROUP BY l.split")
-            },
+                    f"WHERE f.face_index = 0 AND {known} AND f.{current} GROUP BY l.split")
+            } for name, known in (("labelled_faces", "(l.age IS NOT NULL OR l.gender IS NOT NULL)"),
+                                  ("faces_with_age", "l.age IS NOT NULL"), ("faces_with_gender", "l.gender IS NOT NULL"))},
         }
 
     def errors(self) -> list[tuple[str, str, str]]:

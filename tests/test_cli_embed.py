@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 from click.testing import CliRunner
 from PIL import Image
 
@@ -107,3 +108,23 @@ def test_changed_and_removed_files_leave_training_and_prune_forgets_them(face_fo
 def test_embed_takes_glob_patterns_like_predict(face_folder, tmp_path):
     summary = json.loads(run("embed", f"{face_folder}/25_*", "--store", tmp_path / "s", "--json").stdout)
     assert summary["files"] == 10 and summary["embedded"] == 10 and summary["errors"] == 0
+
+
+def test_labels_with_only_an_age_or_only_a_gender_are_kept_and_counted_apart(face_folder, tmp_path):
+    """LFW's CSV has no ages, FG-NET's no genders: both are labels, each counted where known."""
+    names = sorted(path.name for path in face_folder.iterdir())
+    rows = [f"{names[0]},,female,train", f"{names[1]},,male,train", f"{names[2]},30,,val", f"{names[3]},41,male,val"]
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,age,gender,split\n" + "".join(f"{face_folder / row.split(',')[0]},{row.split(',', 1)[1]}\n"
+                                                           for row in rows))
+    store = tmp_path / "store"
+    embedded = run("embed", *(face_folder / name for name in names[:4]), "--store", store, "--labels", labels, "--json")
+    assert embedded.exit_code == 0 and json.loads(embedded.stdout)["label_problems"] == 0, embedded.output
+    info = json.loads(run("info", "--store", store, "--json").stdout)
+    assert info["labelled_faces_by_split"] == {"train": 2, "val": 2}
+    assert info["faces_with_age_by_split"] == {"val": 2} and info["faces_with_gender_by_split"] == {"train": 2, "val": 1}
+    with EmbeddingStore(store) as db:
+        labelled = db.faces(labelled=True, primary=True)
+    by_name = {path.rsplit("/", 1)[1]: (age, gender) for path, age, gender in zip(labelled.path, labelled.age, labelled.gender)}
+    assert np.isnan(by_name[names[0]][0]) and by_name[names[0]][1] == 1
+    assert by_name[names[2]] == (30, -1) and by_name[names[3]] == (41, 0)

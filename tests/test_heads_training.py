@@ -67,6 +67,26 @@ def test_learns_age_and_gender(fitted):
     assert ((predicted["gender_prob_female"] > 0.5) == gender_val)[known].mean() > 0.8
 
 
+def test_faces_with_only_a_gender_train_the_gender_head_and_not_the_age_heads():
+    """LFW beside UTKFace: half the training faces have no age. Ages are learnt from the others,
+    genders from all; no loss turns NaN, the RAPL references are faces with an age."""
+    X, age, gender = synthetic_data()
+    no_age = np.arange(len(X)) % 2 == 1
+    no_age[N_TRAIN:] = False  # validation keeps its ages
+    gender_only = age.astype(np.float32).copy()
+    gender_only[no_age] = np.nan
+    gender[~no_age & (np.arange(len(X)) < N_TRAIN)] = -1  # the faces with an age have no gender
+    fitted = train(data=(X, gender_only, gender))
+    assert all(np.isfinite(record["train_loss"]) for record in fitted.history)
+    _, (X_val, age_val, gender_val) = split(X, age, synthetic_data()[2])
+    predicted = fitted.predict(X_val)
+    baseline = np.abs(age_val - age[:N_TRAIN].mean()).mean()
+    assert np.abs(predicted["age"] - age_val).mean() < 0.5 * baseline
+    known = gender_val >= 0
+    assert ((predicted["gender_prob_female"] > 0.5) == gender_val)[known].mean() > 0.8
+    assert set(fitted.position_ages.tolist()) == set(age[:N_TRAIN][~no_age[:N_TRAIN]].tolist())
+
+
 def test_first_epoch_skips_position_loss(fitted):
     assert "train_position_loss" not in fitted.history[0]
     assert all("train_position_loss" in record for record in fitted.history[1:])

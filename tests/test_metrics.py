@@ -82,6 +82,20 @@ def test_summary_keys_and_values():
     assert {key: result[key] for key in expected} == expected
 
 
+def test_summary_measures_each_label_on_the_faces_that_have_it():
+    """Gender-only faces (LFW) count for gender, age-only ones (FG-NET) for age; children's gender apart."""
+    nan = float("nan")
+    result = summary([nan, nan, 5, 11, 40, 30], [20, 30, 7, 12, 43, 30], gender_true=[1, 0, 0, 1, 1, -1],
+                     gender_pred=[1, 1, 1, 1, 1, 0])
+    assert result["n"] == 4 and result["n_gender"] == 5
+    assert result["mae"] == pytest.approx((2 + 1 + 3 + 0) / 4)
+    assert result["gender_accuracy"] == pytest.approx(3 / 5)
+    assert result["gender_accuracy_under_10"] == 0.0 and result["gender_accuracy_under_13"] == 0.5
+    assert result["gender_accuracy_0_9"] == 0.0 and result["gender_accuracy_40_49"] == 1.0
+    only_gender = summary([nan, nan], [20, 30], gender_true=[1, 0], gender_pred=[1, 0])
+    assert only_gender["n"] == 0 and only_gender["mae"] is None and only_gender["gender_accuracy"] == 1.0
+
+
 def test_summary_unknowns_are_none():
     result = summary([10, 20], [11, 21])
     assert result["gender_accuracy"] is None and result["gender_accuracy_10_19"] is None and result["mae_60plus"] is None

@@ -43,7 +43,7 @@ from agestimate.images import load_image
 from agestimate.metrics import gender_accuracy
 from agestimate.models import file_sha256, weight_path
 from agestimate.runtimes import open_session
-from agestimate.store import EmbeddingStore
+from agestimate.store import EmbeddingStore, FaceRecords
 
 from .export import write_onnx
 from .fit import _predict, resolve_device
@@ -173,42 +173,50 @@ def trunk_maps(session, crops: np.ndarray, out: np.ndarray, batch_size: int = 64
         out[start:start + len(blob)] = session.run([BRANCH_INPUT], {name: blob})[0].astype(np.float16)
 
 
-def prepare(store, work, *, seed: int = 0, precision: str = "auto") -> dict:
-    """Crops of the labelled UTKFace faces and the trunk's maps of every view, cached in `work`.
+def prepare(stores, work, *, seed: int = 0, precision: str = "auto") -> dict:
+    """Crops of the labelled faces of the train and val splits of `stores` (a path or a list)
+    and the trunk's maps of every view, cached in `work`.
 
-    The train split gets `VIEWS` views (the crop and augmented copies), val one. Done once;
-    a second call finds the files and returns their description.
+    The train split gets `VIEWS` views (the crop and augmented copies), val one. A face may
+    have an age, a gender or both (NaN, -1 where unknown). Done once; a second call finds the
+    files and returns their description.
     """
     import onnx
 
+    stores = [str(stores)] if isinstance(stores, (str, Path)) else [str(store) for store in stores]
     work = Path(work)
     manifest = work / "manifest.json"
     if manifest.exists():
         description = json.loads(manifest.read_text())
-        if description["store"] != str(store):
-            raise ValueError(f"{work} holds the maps of the store {description['store']}, not {store}; use another folder")
+        if description["stores"] != stores:
+            raise ValueError(f"{work} holds the maps of the stores {description['stores']}, not {stores}; use another folder")
         return description
     work.mkdir(parents=True, exist_ok=True)
     session = open_session(trunk_model(onnx.load(str(weight_path("recognizer")))), precision=precision)
     rng = np.random.default_rng(seed)
-    description = {"store": str(store), "views": VIEWS, "seed": seed, "splits": {}}
-    with EmbeddingStore(store) as db:
-        for split in ("train", "val"):
-            records = db.faces(split=split, labelled=True, primary=True, descriptor="emb")
-            if not len(records):
-                raise StoreError(f"{store}: no labelled faces in the {split} split; the branch learns from a store "
-                                 "with train and val splits (UTKFace's labels.csv)")
-            started = time.perf_counter()
-            crops = aligned_crops(records.path, records.landmarks)
-            views = VIEWS if split == "train" else 1
-            maps = np.lib.format.open_memmap(work / f"{split}.npy", "w+", np.float16, (views, len(crops), *MAP_SHAPE))
-            for view in range(views):
-                trunk_maps(session, crops if view == 0 else np.stack([augmented(c, rng) for c in crops]), maps[view])
-            maps.flush()
-            np.savez(work / f"{split}_labels.npz", age=records.age, gender=records.gender, face_id=records.face_id)
-            description["splits"][split] = {"faces": len(crops), "views": views,
-                                            "seconds": round(time.perf_counter() - started, 1)}
-            logger.info("%s: %s", split, description["splits"][split])
+    description = {"stores": stores, "views": VIEWS, "seed": seed, "splits": {}}
+    for split in ("train", "val"):
+        parts = []
+        for store in stores:
+            with EmbeddingStore(store) as db:
+                parts.append(db.faces(split=split, labelled=True, primary=True, descriptor="emb"))
+            if not len(parts[-1]):
+                raise StoreError(f"{store}: no labelled faces in the {split} split; the branch learns from stores "
+                                 "with train and val splits (as UTKFace's labels.csv gives)")
+        records = FaceRecords.concatenate(parts)
+        source = np.concatenate([np.full(len(part), i) for i, part in enumerate(parts)])
+        started = time.perf_counter()
+        crops = aligned_crops(records.path, records.landmarks)
+        views = VIEWS if split == "train" else 1
+        maps = np.lib.format.open_memmap(work / f"{split}.npy", "w+", np.float16, (views, len(crops), *MAP_SHAPE))
+        for view in range(views):
+            trunk_maps(session, crops if view == 0 else np.stack([augmented(c, rng) for c in crops]), maps[view])
+        maps.flush()
+        np.savez(work / f"{split}_labels.npz", age=records.age, gender=records.gender, face_id=records.face_id,
+                 source=source)
+        description["splits"][split] = {"faces": len(crops), "faces_per_store": np.bincount(source).tolist(),
+                                        "views": views, "seconds": round(time.perf_counter() - started, 1)}
+        logger.info("%s: %s", split, description["splits"][split])
     manifest.write_text(json.dumps(description, indent=2))
     return description
 
@@ -280,7 +288,7 @@ def fine_tune(work, *, epochs: int = 14, batch_size: int = 64, lr_branch: float 
             losses.append(loss.item())
         val = _predict(model, val_maps, batch_size=256, device=device)
         record = {"epoch": epoch, "train_loss": float(np.mean(losses)),
-                  "val_mae": float(np.abs(val["age"].numpy() - val_labels["age"]).mean()),
+                  "val_mae": float(np.nanmean(np.abs(val["age"].numpy() - val_labels["age"]))),
                   "val_gender": gender_accuracy(val_labels["gender"], gender_codes(val["gender_prob_female"].numpy())),
                   "seconds": round(time.perf_counter() - started, 1)}
         history.append(record)
@@ -294,7 +302,8 @@ def fine_tune(work, *, epochs: int = 14, batch_size: int = 64, lr_branch: float 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--store", required=True, help="UTKFace store with the fixed train/val/test split")
+    parser.add_argument("--store", required=True, action="append",
+                        help="a store with train/val/test split labels (UTKFace, AAF, LFW); repeat for several")
     parser.add_argument("--work", required=True, help="folder caching crops' trunk maps (about 7 GB for UTKFace)")
     parser.add_argument("--out", required=True, help="the branch's ONNX file")
     parser.add_argument("--epochs", type=int, default=14)

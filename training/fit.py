@@ -145,8 +145,10 @@ def _as_labels(age, gender, n: int, name: str) -> tuple[np.ndarray, np.ndarray]:
     gender = gender.astype(np.int64)
     if age.shape != (n,) or gender.shape != (n,):
         raise ValueError(f"age_{name} and gender_{name} must have shape ({n},), got {age.shape} and {gender.shape}")
-    if not np.isfinite(age).all() or (age < 0).any():
-        raise ValueError(f"age_{name} must be finite and >= 0, min is {np.nanmin(age)}")
+    if np.isinf(age).any() or (age < 0).any():
+        raise ValueError(f"age_{name} must be >= 0 or NaN (unknown), min is {np.nanmin(age)}")
+    if np.isnan(age).all():
+        raise ValueError(f"age_{name}: no sample has a known age")
     if not np.isin(gender, (UNKNOWN_GENDER, 0, 1)).all():
         raise ValueError(f"gender_{name} must be 0 (male), 1 (female) or -1 (unknown), got {np.unique(gender)}")
     return age, gender
@@ -222,11 +224,14 @@ def fit_heads(
     X_train : array-like, shape (K, d)
         Training features (any width d: embeddings or wider feature blocks), converted to float32.
     age_train : array-like, shape (K,)
-        Training ages in years; ages above ``options.max_age`` are clipped to it (logged).
+        Training ages in years, NaN where unknown (a face labelled with its gender only: it
+        trains the gender head and the trunk, not the age heads); ages above
+        ``options.max_age`` are clipped to it (logged).
     gender_train : array-like of int, shape (K,), or None
         0 male, 1 female, -1 unknown (left out of the gender loss); None means all unknown.
     X_val, age_val, gender_val
-        The validation set, same conventions; only its MAE is used (to pick the best epoch).
+        The validation set, same conventions; only its MAE (over the faces with an age) is used
+        to pick the best epoch.
         ``X_val=None``: no validation set, the last epoch is kept (to refit on more data
         for an epoch count chosen before).
     options : HeadOptions
@@ -255,7 +260,10 @@ def fit_heads(
     if n_clipped:
         logger.info("clipped %d training ages above max_age=%d", n_clipped, options.max_age)
     age_train = np.minimum(age_train, options.max_age)
-    position_ages, positions = encode_age_positions(age_train)
+    aged = ~np.isnan(age_train)
+    position_ages, aged_positions = encode_age_positions(age_train[aged])
+    positions = np.full(len(age_train), -1, np.int64)  # faces without an age have no position
+    positions[aged] = aged_positions
 
     torch.manual_seed(options.seed)
     shuffle = torch.Generator().manual_seed(options.seed)
@@ -279,13 +287,14 @@ def fit_heads(
     positions = torch.from_numpy(positions).to(device)
     saved_features = torch.zeros(len(X), options.hidden, device=device)
     saved_ages = torch.zeros(len(X), device=device)
+    aged = torch.from_numpy(aged).to(device)  # the references are faces with an age
 
     history, best, best_mae = [], None, np.inf
     bar = tqdm(range(1, options.epochs + 1), desc="heads", unit="epoch", disable=not progress, file=sys.stderr)
     for epoch in bar:
         if options.use_rapl and epoch > 1:
             references, _ = select_references(
-                (saved_ages - ages).abs(), positions, saved_features, n_positions=model.n_positions
+                (saved_ages - ages)[aged].abs(), positions[aged], saved_features[aged], n_positions=model.n_positions
             )
             model.set_references(references)
         lr = optimizer.param_groups[0]["lr"]
@@ -299,7 +308,7 @@ def fit_heads(
         record = {"epoch": epoch, "lr": lr, **train_losses}
         if X_val is not None:
             val_age = _predict(model, X_val, batch_size=8192, device=device)["age"].numpy()
-            record["val_mae"] = float(np.abs(val_age - age_val).mean())
+            record["val_mae"] = float(np.nanmean(np.abs(val_age - age_val)))
         history.append(record)
         logger.debug("epoch %d: %s", epoch, record)
         bar.set_postfix(train_loss=f"{record['train_loss']:.3f}", val_mae=f"{record.get('val_mae', np.nan):.3f}")

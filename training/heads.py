@@ -168,8 +168,12 @@ class AgeGenderNet(nn.Module):
 
 
 def age_loss(age_pred: torch.Tensor, age_true: torch.Tensor) -> torch.Tensor:
-    """Mean absolute error (Eq. 2); both (b,)."""
-    return F.l1_loss(age_pred, age_true)
+    """Mean absolute error (Eq. 2) over the samples with a known age (NaN: a face labelled with
+    its gender only); both (b,)."""
+    known = ~torch.isnan(age_true)
+    if not known.any():
+        return age_pred.sum() * 0.0
+    return F.l1_loss(age_pred[known], age_true[known])
 
 
 def gender_loss(gender_logits: torch.Tensor, gender: torch.Tensor) -> torch.Tensor:
@@ -194,8 +198,11 @@ def gender_loss(gender_logits: torch.Tensor, gender: torch.Tensor) -> torch.Tens
 
 
 def position_loss(position_logits: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over age positions (Eq. 7); logits (b, n), positions (b,) int64."""
-    return F.cross_entropy(position_logits, position)
+    """Cross-entropy over age positions (Eq. 7); logits (b, n), positions (b,) int64, -1 for a
+    sample without an age (left out)."""
+    if not (position >= 0).any():
+        return position_logits.sum() * 0.0
+    return F.cross_entropy(position_logits, position, ignore_index=-1)
 
 
 def variance_loss(age_probs: torch.Tensor, age_grid: torch.Tensor) -> torch.Tensor:
@@ -208,8 +215,11 @@ def variance_loss(age_probs: torch.Tensor, age_grid: torch.Tensor) -> torch.Tens
 def distribution_loss(age_probs: torch.Tensor, age_grid: torch.Tensor, age: torch.Tensor, sigma: float) -> torch.Tensor:
     """Label distribution learning (DLDL, Gao et al. 2017): cross-entropy of the predicted
     age distribution to a Gaussian of width `sigma` years around each true age."""
-    target = torch.softmax(-0.5 * ((age_grid[None, :] - age[:, None]) / sigma) ** 2, dim=1)
-    return -(target * torch.log(age_probs.clamp_min(1e-12))).sum(dim=1).mean()
+    known = ~torch.isnan(age)
+    if not known.any():
+        return age_probs.sum() * 0.0
+    target = torch.softmax(-0.5 * ((age_grid[None, :] - age[known, None]) / sigma) ** 2, dim=1)
+    return -(target * torch.log(age_probs[known].clamp_min(1e-12))).sum(dim=1).mean()
 
 
 def joint_loss(
@@ -238,11 +248,11 @@ def joint_loss(
     outputs : dict of Tensor
         What `AgeGenderNet.forward` returned for the batch.
     age : Tensor, shape (b,)
-        True ages (clipped to the model's range).
+        True ages (clipped to the model's range), NaN for unknown.
     gender : Tensor of int64, shape (b,)
         True gender, -1 for unknown.
     position : Tensor of int64, shape (b,)
-        True age positions.
+        True age positions, -1 for unknown.
 
     Returns
     -------
