@@ -1,10 +1,10 @@
 """agestimate: age and gender estimation from face photos."""
 
-from .errors import AgestimateError, ImageLoadError
-from .faces import FaceEncoder
-from .images import load_image
-from .estimator import Estimator, Face, ImageResult, predict, predict_batch, predict_embeddings
-from .store import EmbeddingStore
+from agestimate.errors import AgestimateError, ImageLoadError
+from agestimate.estimator import Estimator, Face, ImageResult, predict, predict_batch, predict_embeddings
+from agestimate.faces.encoder import FaceEncoder
+from agestimate.io.images import load_image
+from agestimate.store.store import EmbeddingStore
 
 __all__ = [
     "AgestimateError",

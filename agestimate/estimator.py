@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .calibration import DEFAULT_LEVEL, check_level
-from .faces import EncodedImage, FaceEncoder
-from .heads import AgeGenderHeads, HeadOutputs
-from .images import DEFAULT_MAX_PIXELS
-from .labels import GENDER_NAMES, UNKNOWN_GENDER
-from .metrics import age_group, age_group_labels
+from agestimate.evaluation.metrics import age_group, age_group_labels
+from agestimate.faces.encoder import EncodedImage, FaceEncoder
+from agestimate.heads.calibration import DEFAULT_LEVEL, check_level
+from agestimate.heads.model import AgeGenderHeads, HeadOutputs
+from agestimate.io.images import DEFAULT_MAX_PIXELS
+from agestimate.io.labels import GENDER_NAMES, UNKNOWN_GENDER
+from agestimate.runtime.registry import WEIGHTS
 
-WEIGHTS = Path(__file__).parent / "weights"
 DEFAULT_MODEL = WEIGHTS / "default"  # features of DEFAULT_DESCRIPTOR: one recogniser pass and the task branch
 FROZEN_MODEL = WEIGHTS / "frozen"  # grid509 alone: the pretrained recogniser's features, no branch
 FLIP_MODEL = WEIGHTS / "flip"  # the default's features averaged with the mirrored crop's: two passes
@@ -33,12 +33,12 @@ class Face:
     box : (x1, y1, x2, y2) in image pixels. landmarks : five (x, y) points (eyes, nose, mouth).
     age : expected age in years (EVR). age_spread : standard deviation of the predicted age
     distribution. age_interval : (low, high), the conformal interval of the true age at the
-    level asked for (default 0.8; NaN for an uncalibrated model; see `agestimate.calibration`).
+    level asked for (default 0.8; NaN for an uncalibrated model; see `agestimate.heads.calibration`).
     age_group : Adience-8 group of `age`. gender : "male" or "female", with gender_probability
     its calibrated probability; both None for a model without a gender head. confidence :
     agreement of the EVR age and the RAPL position in [0, 1] (probability mass of positions
     within 3 years of `age`). track : in videos, the number of the track the face belongs to
-    (see `agestimate.tracking`), else None.
+    (see `agestimate.apps.tracking`), else None.
     """
 
     box: tuple[float, float, float, float]
@@ -111,7 +111,7 @@ class ImageResult:
 
     def plot(self) -> np.ndarray:
         """A copy of the image (RGB) with each face's box and "age (interval), gender" drawn on it."""
-        from .drawing import draw_faces
+        from agestimate.io.drawing import draw_faces
 
         if self.image is None:
             raise ValueError(f"{self.source}: the result holds no image; predict with return_image=True to plot it")
@@ -195,7 +195,7 @@ class Estimator:
         `interval`; a bad image gives an error record.
 
         Results are not held back to fill a batch: when the next image is not ready within
-        `agestimate.faces.PATIENCE` (0.1 s; a camera that stalls, say), the images already
+        `agestimate.faces.encoder.PATIENCE` (0.1 s; a camera that stalls, say), the images already
         prepared come out, faces or not. With ``return_image=True`` each result keeps its
         decoded image (`ImageResult.plot`); up to about 3 x `batch_size` are then in memory.
         """

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from agestimate.labels import GENDER_NAMES
-from agestimate.metrics import summary
+from agestimate.evaluation.metrics import summary
+from agestimate.io.labels import GENDER_NAMES
 
 GENDER_CODES = {name: code for code, name in enumerate(GENDER_NAMES)}
 
@@ -47,7 +47,7 @@ def accuracy_rows(runs: dict, peer: str, labels: dict, images: int) -> dict:
 def variant_rows(utk_store, fgnet_store, descriptor: str = "emb", seed: int = 0) -> dict:
     import dataclasses
 
-    from agestimate.evaluation import labelled_faces, select_split
+    from agestimate.evaluation.measure import labelled_faces, select_split
     from agestimate.training.fit import HeadOptions
     from agestimate.training.protocols import ABLATION_VARIANTS, fit_on, predict_with
 

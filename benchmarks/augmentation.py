@@ -14,7 +14,7 @@ import json
 
 import numpy as np
 
-from agestimate.evaluation import labelled_faces, select_split
+from agestimate.evaluation.measure import labelled_faces, select_split
 from agestimate.training.augment import LatentInterpolator
 from agestimate.training.fit import HeadOptions
 from agestimate.training.protocols import fit_on, predict_with

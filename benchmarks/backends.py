@@ -21,15 +21,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-from end_to_end import data_sets
 
-from agestimate import runtimes
-from agestimate.descriptors import DescriptorModel
 from agestimate.estimator import FLIP_MODEL
-from agestimate.faces import FaceEncoder
-from agestimate.heads import AgeGenderHeads
-from agestimate.images import load_image
-from agestimate.models import load_model
+from agestimate.faces.descriptors import DescriptorModel
+from agestimate.faces.encoder import FaceEncoder
+from agestimate.heads.model import AgeGenderHeads
+from agestimate.io.images import load_image
+from agestimate.runtime import sessions as runtimes
+from agestimate.runtime.registry import load_model
+
+from end_to_end import data_sets
 
 ROUNDS = 5
 

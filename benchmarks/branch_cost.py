@@ -21,11 +21,12 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from backends import median_rounds, runtime_choices  # noqa: E402
-from end_to_end import data_sets  # noqa: E402
 
-from agestimate.descriptors import DescriptorModel  # noqa: E402
-from agestimate.faces import FaceEncoder  # noqa: E402
-from agestimate.images import load_image  # noqa: E402
+from agestimate.faces.descriptors import DescriptorModel  # noqa: E402
+from agestimate.faces.encoder import FaceEncoder  # noqa: E402
+from agestimate.io.images import load_image  # noqa: E402
+
+from end_to_end import data_sets  # noqa: E402
 
 DESCRIPTORS = ("grid509", "grid509+adapted")
 

@@ -24,11 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from agestimate.calibration import GROUP_EDGES, fit_calibration, fit_calibration_on
 from agestimate.estimator import DEFAULT_MODEL
-from agestimate.evaluation import evaluate, labelled_faces, person_fold_evaluation, select_split
-from agestimate.heads import AgeGenderHeads
-from agestimate.metrics import decade_keys, expected_calibration_error, interval_metrics
+from agestimate.evaluation.calibrate import fit_calibration_on
+from agestimate.evaluation.folds import person_fold_evaluation
+from agestimate.evaluation.measure import evaluate, labelled_faces, select_split
+from agestimate.evaluation.metrics import decade_keys, expected_calibration_error, interval_metrics
+from agestimate.heads.calibration import GROUP_EDGES, fit_calibration
+from agestimate.heads.model import AgeGenderHeads
 
 LEVELS = (0.8, 0.9)
 GAUSSIAN_Z = {0.8: 1.2816, 0.9: 1.6449}

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from agestimate.descriptors import Descriptor, DescriptorModel
-from agestimate.evaluation import labelled_faces, select_split
-from agestimate.faces import FaceDetection, FaceEncoder
-from agestimate.images import load_image
+from agestimate.evaluation.measure import labelled_faces, select_split
+from agestimate.faces.descriptors import Descriptor, DescriptorModel
+from agestimate.faces.encoder import FaceDetection, FaceEncoder
+from agestimate.io.images import load_image
 from agestimate.training.fit import HeadOptions
 from agestimate.training.protocols import fit_on, predict_with
 

@@ -105,7 +105,7 @@ def _job_alone(paths: list[Path], layouts: list[tuple[int, int]], cpus: int) -> 
     pool (timed on one image per actor) and the rate after it."""
     import ray
 
-    from agestimate.distributed import paths_dataset, score_dataset
+    from agestimate.apps.distributed import paths_dataset, score_dataset
     from agestimate.estimator import Estimator
 
     began = time.perf_counter()
@@ -146,11 +146,11 @@ def part_embed(paths: list[Path]) -> dict:
 
 
 def part_driver(rows: int = 200_000, images: int = 5_000) -> dict:
-    from agestimate.descriptors import DEFAULT_DESCRIPTOR, Descriptor
-    from agestimate.embedding import EmbedSummary, StoreRecorder
-    from agestimate.faces import EncodedImage, FaceDetection
-    from agestimate.predictions import PredictionWriter
-    from agestimate.store import EmbeddingStore
+    from agestimate.faces.descriptors import DEFAULT_DESCRIPTOR, Descriptor
+    from agestimate.faces.encoder import EncodedImage, FaceDetection
+    from agestimate.io.predictions import PredictionWriter
+    from agestimate.store.embedding import EmbedSummary, StoreRecorder
+    from agestimate.store.store import EmbeddingStore
 
     row = {"file": "/archive/2024/06/IMG_123456.jpg", "face": 0, "x1": 10.5, "y1": 20.5, "x2": 110.5, "y2": 140.5,
            "age": 31.2345, "age_spread": 6.1234, "age_group": "25-32", "gender": "female", "gender_probability": 0.9876,
@@ -183,8 +183,8 @@ def part_driver(rows: int = 200_000, images: int = 5_000) -> dict:
 def part_index(store: Path, queries: int = 1000, k: int = 10) -> dict:
     import faiss
 
-    from agestimate.search_index import build_index, describe, recall_at_k
-    from agestimate.store import EmbeddingStore
+    from agestimate.store.index import build_index, describe, recall_at_k
+    from agestimate.store.store import EmbeddingStore
 
     with EmbeddingStore(store) as db:  # read only: the index is rebuilt in memory, never saved here
         faces = db.faces()
@@ -230,7 +230,7 @@ def near_duplicates(vectors: np.ndarray, threshold: float = 0.9) -> dict:
     small ones: pairs found and seconds, one thread."""
     import faiss
 
-    from agestimate.search_index import build_index, tune_for_range
+    from agestimate.store.index import build_index, tune_for_range
 
     faiss.omp_set_num_threads(1)
 

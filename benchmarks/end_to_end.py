@@ -30,7 +30,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from agestimate.labels import read_labels_csv
+from agestimate.io.labels import read_labels_csv
 
 WARM_UP = 10
 
@@ -70,9 +70,9 @@ def interleaved(runners: dict, rounds: int) -> dict:
 
 def agestimate_batch(paths: list[Path], repeats: int, **options) -> dict:
     """`Estimator(**options).predict_batch` (options such as `backend` or `model`)."""
-    from agestimate.heads import AgeGenderHeads
     from agestimate.estimator import EMBEDDING_MODEL, Estimator
-    from agestimate.labels import GENDER_NAMES
+    from agestimate.heads.model import AgeGenderHeads
+    from agestimate.io.labels import GENDER_NAMES
 
     estimator = Estimator(**options)
 
@@ -126,8 +126,8 @@ def agestimate_cli(paths: list[Path], repeats: int) -> dict:
 def face_analysis(paths: list[Path], repeats: int) -> dict:
     from insightface.app import FaceAnalysis
 
-    from agestimate.models import weight_path
-    from agestimate.runtimes import default_providers
+    from agestimate.runtime.registry import weight_path
+    from agestimate.runtime.sessions import default_providers
 
     with tempfile.TemporaryDirectory() as folder:  # insightface 2.1 takes a model folder as `name`
         for name in ("detector", "recognizer"):  # weight_path checks the pinned SHA-256

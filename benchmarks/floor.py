@@ -24,7 +24,7 @@ import numpy as np
 
 
 class _RecordingSession:
-    """A session (see `agestimate.runtimes`) that keeps every input it runs on."""
+    """A session (see `agestimate.runtime.sessions`) that keeps every input it runs on."""
 
     def __init__(self, session, calls: list):
         self.session, self.calls = session, calls

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from agestimate.metrics import DECADE_KEYS, age_group_labels
+from agestimate.evaluation.metrics import DECADE_KEYS, age_group_labels
 
 BEGIN = "<!-- benchmarks/run.py: begin (generated, do not edit by hand) -->"
 END = "<!-- benchmarks/run.py: end -->"

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from agestimate.heads import AgeGenderHeads
+from agestimate.heads.model import AgeGenderHeads
 
 
 def main() -> None:

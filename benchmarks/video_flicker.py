@@ -28,9 +28,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from agestimate.apps.video import predict_video
 from agestimate.estimator import Estimator
-from agestimate.labels import read_labels_csv
-from agestimate.video import predict_video
+from agestimate.io.labels import read_labels_csv
 
 SIZE = (640, 480)
 FRAMES = 60

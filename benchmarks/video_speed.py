@@ -19,9 +19,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from agestimate.models import weights_dir
+from agestimate.apps.video import predict_video
 from agestimate.estimator import Estimator
-from agestimate.video import predict_video
+from agestimate.runtime.registry import weights_dir
 
 
 def make_clip(path: Path, frames: int) -> None:

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import click
 
-from agestimate.descriptors import DEFAULT_DESCRIPTOR, Descriptor
 from agestimate.errors import AgestimateError
-from agestimate.images import DEFAULT_MAX_PIXELS
-from agestimate.runtimes import BACKENDS, PRECISIONS
-from agestimate.search_index import INDEX_KINDS
+from agestimate.faces.descriptors import DEFAULT_DESCRIPTOR, Descriptor
+from agestimate.io.images import DEFAULT_MAX_PIXELS
+from agestimate.runtime.sessions import BACKENDS, PRECISIONS
+from agestimate.store.index import INDEX_KINDS
 
 
 def _fail_cleanly(function):
@@ -38,7 +38,7 @@ def _check_descriptor(context, parameter, value):
 
 
 def runtime_options(function):
-    """--backend and --precision: what runs the face models (see `agestimate.runtimes`)."""
+    """--backend and --precision: what runs the face models (see `agestimate.runtime.sessions`)."""
     function = click.option("--precision", default="auto", show_default=True, type=click.Choice(PRECISIONS),
                             help="OpenVINO precision: auto is bf16 where the CPU has it, else f32.")(function)
     return click.option("--backend", default=None, type=click.Choice(BACKENDS),
@@ -46,7 +46,7 @@ def runtime_options(function):
 
 
 def engine_options(function):
-    """--engine, --ray-address and --actors: where the work runs (see `agestimate.distributed`)."""
+    """--engine, --ray-address and --actors: where the work runs (see `agestimate.apps.distributed`)."""
     function = click.option("--actors", type=int, default=None,
                             help="Ray: actors, each holding one loaded model (default: one per GPU, else one per CPU).")(function)
     function = click.option("--ray-address", default=None,
@@ -101,9 +101,9 @@ def embed(sources, store, labels, batch_size, crops, max_faces, det_size, det_th
     apply to new and already stored images alike."""
     engine_arguments = _engine_arguments(engine, ray_address, actors)
     if engine == "ray":
-        from agestimate.distributed import embed as embed_sources
+        from agestimate.apps.distributed import embed as embed_sources
     else:
-        from agestimate.embedding import embed as embed_sources
+        from agestimate.store.embedding import embed as embed_sources
 
     summary = embed_sources(
         sources, store=store, labels=labels, batch_size=batch_size, crops=crops, max_faces=max_faces,
@@ -152,7 +152,7 @@ def embed(sources, store, labels, batch_size, crops, max_faces, det_size, det_th
 @_fail_cleanly
 def info(store, as_json, report, threshold, prune):
     """Show what a store holds: images, faces, labels per split, errors by reason."""
-    from agestimate.store import EmbeddingStore
+    from agestimate.store.store import EmbeddingStore
 
     if prune:
         with EmbeddingStore(store) as db:
@@ -161,7 +161,7 @@ def info(store, as_json, report, threshold, prune):
                    f"points at ({pruned['faces']} faces, {pruned['labels']} labels)", err=True)
 
     if report:
-        from agestimate.hygiene import hygiene_report
+        from agestimate.evaluation.hygiene import hygiene_report
 
         summary = hygiene_report(store, report, threshold=threshold)
         click.echo(json.dumps(summary, indent=2) if as_json else
@@ -312,12 +312,12 @@ def evaluate(store, model, split, protocol, folds, shuffles, descriptor, epochs,
             raise click.UsageError("--protocol split measures one --store")
         store = store[0]
         from agestimate.estimator import model_folder
-        from agestimate.evaluation import evaluate as evaluate_model
+        from agestimate.evaluation.measure import evaluate as evaluate_model
 
         result = evaluate_model(model_folder(model), store, split=split, exclude_near_duplicates=exclude_near_duplicates)
     _print_metrics(result.metrics, as_json)
     if report:
-        from agestimate.report import write_report
+        from agestimate.evaluation.report import write_report
 
         write_report(result, report, title=f"agestimate eval: {', '.join(store) if protocol != 'split' else store}",
                      command=" ".join(sys.argv))
@@ -335,7 +335,7 @@ def evaluate(store, model, split, protocol, folds, shuffles, descriptor, epochs,
 def calibrate(model, stores, splits, as_json):
     """Fit the model's age intervals (conformal) and gender temperature on held-out labelled faces.
     `train` already does it on the val split; use this for older models or your own photos."""
-    from agestimate.calibration import calibrate as calibrate_model
+    from agestimate.evaluation.calibrate import calibrate as calibrate_model
 
     splits = splits or ("val",)
     if len(splits) not in (1, len(stores)):
@@ -409,10 +409,11 @@ def predict(sources, model, out, annotate, recursive, max_faces, crops, batch_si
     import time
     from collections import Counter
 
+    from agestimate.apps.run import predict_sources
+    from agestimate.apps.video import video_name
     from agestimate.estimator import Estimator
-    from agestimate.predictions import PredictionWriter, check_output
-    from agestimate.sources import expand_sources, predict_sources
-    from agestimate.video import video_name
+    from agestimate.io.predictions import PredictionWriter, check_output
+    from agestimate.io.sources import expand_sources
 
     if not sources and webcam is None:
         raise click.UsageError("give SOURCES or --webcam")
@@ -441,7 +442,7 @@ def predict(sources, model, out, annotate, recursive, max_faces, crops, batch_si
     counts, video_times, started = Counter(), {}, time.perf_counter()
     neighbours = None
     if neighbours_store:
-        from agestimate.neighbours import StoreNeighbours
+        from agestimate.store.neighbours import StoreNeighbours
 
         neighbours = StoreNeighbours(neighbours_store)
     try:
@@ -482,7 +483,7 @@ def predict(sources, model, out, annotate, recursive, max_faces, crops, batch_si
 
 def _predict_on_ray(paths, out, model, batch_size, ray_address, actors, threads, max_faces, crops, interval, backend,
                     precision) -> None:
-    from agestimate.distributed import predict as predict_on_ray
+    from agestimate.apps.distributed import predict as predict_on_ray
 
     summary = predict_on_ray(paths, out=out, model=model, batch_size=batch_size, ray_address=ray_address, actors=actors,
                              threads=threads, max_faces=max_faces, crops=crops, interval=interval, backend=backend,
@@ -515,7 +516,7 @@ def serve(host, port, model, workers, max_faces, threads, max_upload_mb, max_pix
     """Serve the HTTP API (POST /v1/predict, /v1/annotate; docs at /docs) and a web page at /;
     needs the serve extra."""
     try:
-        from agestimate.serve import serve as run_server
+        from agestimate.apps.serve import serve as run_server
     except ImportError as error:
         raise click.ClickException(f"serving needs the serve extra: pip install 'agestimate[serve]' ({error})") from error
 

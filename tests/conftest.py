@@ -35,14 +35,14 @@ def empty_model_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def encoder():
-    from agestimate.faces import FaceEncoder
+    from agestimate.faces.encoder import FaceEncoder
 
     return FaceEncoder(threads=2)
 
 
 @pytest.fixture(scope="session")
 def players_path():
-    from agestimate.models import weights_dir
+    from agestimate.runtime.registry import weights_dir
 
     return weights_dir() / "players.jpg"
 

@@ -6,10 +6,10 @@ import onnx
 import onnxruntime
 import pytest
 
-from agestimate.descriptors import DescriptorModel
 from agestimate.errors import ModelFileError
-from agestimate.images import load_image
-from agestimate.models import REGISTRY, file_sha256, weight_path
+from agestimate.faces.descriptors import DescriptorModel
+from agestimate.io.images import load_image
+from agestimate.runtime.registry import REGISTRY, file_sha256, weight_path
 
 from conftest import FIXTURES
 
@@ -65,7 +65,7 @@ def test_fine_tuning_changes_the_branch_and_its_onnx_runs_inside_the_recogniser(
     # the exported branch, merged into the recogniser, gives what the torch branch gives
     monkeypatch.setitem(REGISTRY, "adapted", REGISTRY["adapted"].__class__(
         out.name, file_sha256(out), "test branch", shipped=True))
-    monkeypatch.setattr("agestimate.models.SHIPPED_WEIGHTS", tmp_path)
+    monkeypatch.setattr("agestimate.runtime.registry.SHIPPED_WEIGHTS", tmp_path)
     _, features = DescriptorModel("grid509+adapted", backend="onnxruntime", threads=1)(crops)
     with torch.no_grad():
         expected = result["branch"].eval()(torch.from_numpy(maps_of(session, crops)).float()).numpy()
@@ -85,14 +85,14 @@ def test_the_shipped_branch_is_checked_before_use(tmp_path, monkeypatch):
     path = weight_path("adapted")  # the shipped file matches its pin
     tampered = tmp_path / path.name
     tampered.write_bytes(path.read_bytes() + b"\0")
-    monkeypatch.setattr("agestimate.models.SHIPPED_WEIGHTS", tmp_path)
+    monkeypatch.setattr("agestimate.runtime.registry.SHIPPED_WEIGHTS", tmp_path)
     with pytest.raises(ModelFileError, match="SHA-256 does not match"):
         DescriptorModel("adapted", backend="onnxruntime")
 
 
 def test_prepare_caches_each_view_of_the_train_split_and_refuses_what_it_cannot_use(tmp_path):
-    from agestimate.embedding import embed
     from agestimate.errors import StoreError
+    from agestimate.store.embedding import embed
 
     images = sorted((FIXTURES / "utkface").iterdir())
     labels = tmp_path / "labels.csv"

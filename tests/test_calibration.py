@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from agestimate.calibration import AgeCalibration, Calibration, GenderCalibration, check_level, sigmoid
 from agestimate.errors import ModelFileError
-from agestimate.metrics import expected_calibration_error, interval_metrics, threshold_metrics
+from agestimate.evaluation.metrics import expected_calibration_error, interval_metrics, threshold_metrics
+from agestimate.heads.calibration import AgeCalibration, Calibration, GenderCalibration, check_level, sigmoid
 
 
 def test_interval_ends_are_the_conformal_order_statistics():

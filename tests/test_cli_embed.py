@@ -5,7 +5,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from agestimate.cli.main import cli
-from agestimate.store import EmbeddingStore
+from agestimate.store.store import EmbeddingStore
 
 from conftest import add_bad_files
 
@@ -27,7 +27,7 @@ def test_embed_a_folder_with_bad_files_then_again(face_folder, tmp_path, monkeyp
     assert summary["label_problems"] == 0  # files that failed are not labelled
 
     with monkeypatch.context() as patched:  # nothing new: the models are not loaded
-        patched.setattr("agestimate.embedding.FaceEncoder", None)
+        patched.setattr("agestimate.store.embedding.FaceEncoder", None)
         second = run("embed", face_folder, "--store", store, "--labels", "utkface", "--json")
     again = json.loads(second.stdout)
     assert again["embedded"] == 0 and again["already_stored"] == 16 and again["already_failed"] == 3

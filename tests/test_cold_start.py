@@ -7,11 +7,11 @@ import sys
 
 import pytest
 
-from agestimate.runtimes import cache_dir
+from agestimate.runtime.cache import cache_dir
 
 PREDICT = """
 import numpy as np, agestimate
-from agestimate.models import weights_dir
+from agestimate.runtime.registry import weights_dir
 faces = agestimate.predict(weights_dir() / "players.jpg")
 blank = agestimate.predict(np.full((96, 128, 3), 120, np.uint8))
 print(len(faces), len(blank), [round(face.age, 2) for face in faces])

@@ -6,8 +6,8 @@ import sys
 from importlib.metadata import requires
 
 import agestimate
-from agestimate.descriptors import DEFAULT_DESCRIPTOR
 from agestimate.estimator import DEFAULT_MODEL, SHIPPED_MODELS
+from agestimate.faces.descriptors import DEFAULT_DESCRIPTOR
 
 
 def test_group_photo_gets_plausible_ages_and_genders(players_path):
@@ -52,7 +52,7 @@ def test_every_shipped_model_comes_from_the_recipe_on_both_sets():
 def test_prediction_needs_no_torch():
     core = [r for r in requires("agestimate") if "extra ==" not in r]
     assert not any(r.lower().startswith(("torch", "scikit-learn")) for r in core)
-    code = ("import sys, agestimate; from agestimate.models import weights_dir; "
+    code = ("import sys, agestimate; from agestimate.runtime.registry import weights_dir; "
             "agestimate.predict(weights_dir() / 'yaoming.jpg'); "
             "sys.exit(int(any(m.split('.')[0] in ('torch', 'sklearn') for m in sys.modules)))")
     assert subprocess.run([sys.executable, "-c", code], cwd="/").returncode == 0

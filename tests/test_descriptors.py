@@ -3,9 +3,9 @@ import onnx
 import onnxruntime
 import pytest
 
-from agestimate.descriptors import BLOCKS, Descriptor, DescriptorModel, recogniser_input, tapped_recognizer
-from agestimate.images import load_image
-from agestimate.models import REGISTRY, file_sha256, weight_path
+from agestimate.faces.descriptors import BLOCKS, Descriptor, DescriptorModel, recogniser_input, tapped_recognizer
+from agestimate.io.images import load_image
+from agestimate.runtime.registry import REGISTRY, file_sha256, weight_path
 
 from conftest import FIXTURES
 

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from agestimate.cli.main import cli
-from agestimate.predictions import PREDICTION_COLUMNS, table_rows
+from agestimate.io.predictions import PREDICTION_COLUMNS, table_rows
 
 from conftest import FIXTURES, PATIENCE_SECONDS, add_bad_files, wait_until
 
@@ -94,7 +94,7 @@ def test_ray_gives_the_rows_of_the_local_run_and_resumes(photos, tmp_path):
 
 
 def test_a_dataset_of_bytes_scores_like_paths(tmp_path):
-    from agestimate.distributed import score_dataset
+    from agestimate.apps.distributed import score_dataset
 
     for path in sorted((FIXTURES / "fgnet").iterdir())[:2]:
         (tmp_path / path.name).write_bytes(path.read_bytes())
@@ -149,7 +149,7 @@ def _writer_once_read(pipe, exclude=()):
 def test_an_actor_killed_mid_run_loses_and_repeats_nothing(face_folder, tmp_path):
     """One input is a named pipe: the actor reading it blocks there, mid-run, and is killed.
     Ray restarts it and retries its work; the pipe is then fed a photo, and the job finishes."""
-    from agestimate.distributed import predict
+    from agestimate.apps.distributed import predict
 
     paths = sorted(str(p) for p in face_folder.iterdir())
     pipe = tmp_path / "pipe.jpg"
@@ -180,7 +180,7 @@ def test_an_actor_killed_mid_run_loses_and_repeats_nothing(face_folder, tmp_path
 
 
 def test_embed_on_ray_fills_the_store_the_local_engine_fills(face_folder, tmp_path):
-    from agestimate.store import EmbeddingStore
+    from agestimate.store.store import EmbeddingStore
 
     (face_folder / "copy.jpg.chip.jpg").write_bytes(next(face_folder.glob("25_*")).read_bytes())  # same content
     bad = add_bad_files(face_folder)

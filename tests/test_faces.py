@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 from insightface.app.common import Face
 
-from agestimate.faces import FaceEncoder
-from agestimate.images import load_image
-from agestimate.models import load_model
+from agestimate.faces.encoder import FaceEncoder
+from agestimate.io.images import load_image
+from agestimate.runtime.registry import load_model
 
 from conftest import FIXTURES, PATIENCE_SECONDS
 

@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from agestimate.errors import ModelFileError  # noqa: E402
-from agestimate.heads import AgeGenderHeads  # noqa: E402
+from agestimate.heads.model import AgeGenderHeads  # noqa: E402
 from agestimate.training.export import save_model_dir  # noqa: E402
 from agestimate.training.fit import FittedHeads, HeadOptions, fit_heads  # noqa: E402
 from agestimate.training.heads import AgeGenderNet, distribution_loss, gender_loss, variance_loss  # noqa: E402

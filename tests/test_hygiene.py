@@ -8,10 +8,10 @@ import pytest
 from click.testing import CliRunner
 
 from agestimate.cli.main import cli
-from agestimate.faces import FaceDetection
-from agestimate.hygiene import hygiene_report, label_outliers, leaking_test_faces, near_duplicate_pairs
-from agestimate.labels import FaceLabel
-from agestimate.store import EmbeddingStore
+from agestimate.evaluation.hygiene import hygiene_report, label_outliers, leaking_test_faces, near_duplicate_pairs
+from agestimate.faces.encoder import FaceDetection
+from agestimate.io.labels import FaceLabel
+from agestimate.store.store import EmbeddingStore
 
 from conftest import FIXTURES, random_unit_vectors
 

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from agestimate.errors import ImageLoadError
-from agestimate.images import load_image
+from agestimate.io.images import load_image
 
 from conftest import FIXTURES
 

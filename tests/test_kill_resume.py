@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance
 
-from agestimate.store import EmbeddingStore
+from agestimate.store.store import EmbeddingStore
 
 from conftest import FIXTURES
 

@@ -3,7 +3,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agestimate.errors import LabelError
-from agestimate.labels import FaceLabel, label_reader, parse_fgnet_name, parse_utkface_name, read_labels_csv
+from agestimate.io.labels import FaceLabel, label_reader, parse_fgnet_name, parse_utkface_name, read_labels_csv
 
 
 def test_utkface_names():

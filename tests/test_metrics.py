@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from agestimate.metrics import (
+from agestimate.evaluation.metrics import (
     age_group,
     age_group_labels,
     age_metrics,

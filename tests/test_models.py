@@ -3,8 +3,8 @@ import shutil
 import pytest
 
 from agestimate.errors import ModelFileError
-from agestimate.models import REGISTRY, SHIPPED_WEIGHTS, load_model, weight_path, weights_dir
-from agestimate.runtimes import default_providers
+from agestimate.runtime.registry import REGISTRY, SHIPPED_WEIGHTS, load_model, weight_path, weights_dir
+from agestimate.runtime.sessions import default_providers
 
 
 def test_weights_are_found_in_the_installed_package_and_match_their_pins():

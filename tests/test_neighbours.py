@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from agestimate.faces import FaceDetection
-from agestimate.labels import FaceLabel
-from agestimate.neighbours import StoreNeighbours, nearest_labelled
-from agestimate.store import EmbeddingStore
+from agestimate.faces.encoder import FaceDetection
+from agestimate.io.labels import FaceLabel
+from agestimate.store.neighbours import StoreNeighbours, nearest_labelled
+from agestimate.store.store import EmbeddingStore
 
 from conftest import FIXTURES, random_unit_vectors
 
@@ -73,7 +73,7 @@ def test_fewer_labelled_faces_than_k_and_faces_without_embeddings(store_path):
 
 
 def test_restricted_searches_match_faiss_id_selectors(store_path, monkeypatch):
-    import agestimate.search_index as search_index
+    import agestimate.store.index as search_index
 
     path, embeddings = store_path
     among = [1, 3, 4, 6]

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from agestimate.errors import AgestimateError
-from agestimate.predictions import PREDICTION_COLUMNS, PredictionWriter, table_rows
+from agestimate.io.predictions import PREDICTION_COLUMNS, PredictionWriter, table_rows
 
 FACE_COLUMNS = [name for name in PREDICTION_COLUMNS if name not in ("neighbours", "error")]
 
@@ -76,7 +76,7 @@ def test_a_torn_tail_and_the_rows_of_its_image_are_dropped(tmp_path, suffix):
 def test_parquet_is_a_folder_of_whole_parts(tmp_path, monkeypatch):
     import pandas as pd
 
-    monkeypatch.setattr("agestimate.predictions.PARQUET_PART_ROWS", 2)
+    monkeypatch.setattr("agestimate.io.predictions.PARQUET_PART_ROWS", 2)
     out = tmp_path / "rows.parquet"
     with PredictionWriter(out) as writer:
         for rows in IMAGES.values():

@@ -4,12 +4,13 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
-from agestimate import runtimes
 from agestimate.errors import ModelFileError
-from agestimate.faces import FaceEncoder
-from agestimate.images import load_image
-from agestimate.models import REGISTRY, load_model, weights_dir
-from agestimate.runtimes import OnnxRuntimeSession, OpenVINOSession, open_session, resolve_precision
+from agestimate.faces.encoder import FaceEncoder
+from agestimate.io.images import load_image
+from agestimate.runtime import sessions as runtimes
+from agestimate.runtime.cache import cache_dir
+from agestimate.runtime.registry import REGISTRY, load_model, weights_dir
+from agestimate.runtime.sessions import OnnxRuntimeSession, OpenVINOSession, open_session, resolve_precision
 
 from conftest import FIXTURES
 
@@ -82,7 +83,7 @@ def model_cache(tmp_path, monkeypatch):
 
 
 def cached_blobs():
-    return sorted(runtimes.cache_dir().glob("*.blob"))
+    return sorted(cache_dir().glob("*.blob"))
 
 
 def assert_answers_by_its_graph_names(session):
@@ -133,7 +134,7 @@ def test_threads_opening_one_model_at_once_on_an_empty_cache_all_get_working_ses
         sessions = list(pool.map(lambda _: OpenVINOSession(tiny_model(), precision="f32"), range(8)))
     for session in sessions:
         assert_answers_by_its_graph_names(session)
-    assert len(cached_blobs()) == 1 and not list(runtimes.cache_dir().glob(".*.tmp"))
+    assert len(cached_blobs()) == 1 and not list(cache_dir().glob(".*.tmp"))
 
 
 def test_unknown_backend_is_refused_by_name():

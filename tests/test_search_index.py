@@ -3,13 +3,12 @@
 import faiss
 import numpy as np
 import pytest
-
-from agestimate import search_index
-from agestimate.hygiene import near_duplicate_pairs
-from agestimate.search_index import build_index, choose_kind, describe, index_kind, needs_rebuild, recall_at_k
-from agestimate.store import INDEX, EmbeddingStore
-
 from test_store import DESCRIPTOR, MODEL, detection
+
+from agestimate.evaluation.hygiene import near_duplicate_pairs
+from agestimate.store import index as search_index
+from agestimate.store.index import build_index, choose_kind, describe, index_kind, needs_rebuild, recall_at_k
+from agestimate.store.store import INDEX, EmbeddingStore
 
 
 def clustered_unit_vectors(n, dim=64, clusters=60, seed=0):

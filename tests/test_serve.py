@@ -81,8 +81,8 @@ def test_group_photo_gives_every_face(url, estimator):
 
 
 def test_annotate_draws_on_the_image_as_jpeg_or_png(url, estimator):
-    from agestimate.drawing import draw_faces
-    from agestimate.images import load_image
+    from agestimate.io.drawing import draw_faces
+    from agestimate.io.images import load_image
 
     image = load_image(PHOTO)
     drawn = draw_faces(image, estimator.predict(image))
@@ -217,7 +217,7 @@ def test_one_log_line_per_request(server):
 def test_internal_errors_are_json_without_a_traceback(estimator, monkeypatch):
     import asyncio
 
-    from agestimate.serve import create_app
+    from agestimate.apps.serve import create_app
 
     def broken(image, **options):
         raise RuntimeError("secret internals")

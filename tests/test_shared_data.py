@@ -44,8 +44,8 @@ def test_the_shipped_model_measured_from_the_test_images_agrees_with_its_card():
 
     import agestimate
     from agestimate.estimator import DEFAULT_MODEL
-    from agestimate.labels import read_labels_csv
-    from agestimate.metrics import summary
+    from agestimate.evaluation.metrics import summary
+    from agestimate.io.labels import read_labels_csv
 
     card = json.loads((DEFAULT_MODEL / "model.json").read_text())["metrics"]["test"]
     labels = {path: label for path, label in read_labels_csv(SHARED_DATA / "utkface" / "labels.csv").items()

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from agestimate.sources import annotated_paths, expand_sources
+from agestimate.io.sources import annotated_paths, expand_sources
 
 
 @pytest.fixture

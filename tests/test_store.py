@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from agestimate.errors import StoreError
-from agestimate.faces import FaceDetection
-from agestimate.labels import FaceLabel
-from agestimate.store import INDEX, EmbeddingStore
+from agestimate.faces.encoder import FaceDetection
+from agestimate.io.labels import FaceLabel
+from agestimate.store.store import INDEX, EmbeddingStore
 
 from conftest import random_unit_vectors
 

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from agestimate.calibration import AgeCalibration
+from agestimate.apps.tracking import FaceTracker, box_iou
 from agestimate.estimator import Face
-from agestimate.tracking import FaceTracker, box_iou
+from agestimate.heads.calibration import AgeCalibration
 
 from conftest import random_unit_vectors
 

@@ -13,9 +13,9 @@ pytest.importorskip("torch")
 from agestimate.cli.main import cli  # noqa: E402
 from agestimate.errors import StoreError  # noqa: E402
 from agestimate.estimator import FROZEN_MODEL, Estimator  # noqa: E402
-from agestimate.heads import AgeGenderHeads  # noqa: E402
-from agestimate.labels import GENDER_NAMES  # noqa: E402
-from agestimate.store import EmbeddingStore  # noqa: E402
+from agestimate.heads.model import AgeGenderHeads  # noqa: E402
+from agestimate.io.labels import GENDER_NAMES  # noqa: E402
+from agestimate.store.store import EmbeddingStore  # noqa: E402
 
 from conftest import add_bad_files  # noqa: E402
 
@@ -31,8 +31,9 @@ def run(*args, exit_code=0):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A store of 16 labelled faces (4 people, train/val/test) and heads trained on it."""
-    from conftest import FIXTURES
     from PIL import Image
+
+    from conftest import FIXTURES
 
     root = tmp_path_factory.mktemp("e2e")
     folder = root / "faces"
@@ -246,8 +247,8 @@ def test_a_model_without_a_gender_head_reports_no_gender(trained, players_path, 
 def test_each_input_gets_its_own_annotated_copy_from_one_decode(trained, tmp_path, monkeypatch):
     from PIL import Image
 
-    import agestimate.faces
-    import agestimate.images
+    import agestimate.faces.encoder
+    import agestimate.io.images
 
     _, model, folder = trained
     inputs = {"a/x.jpg": "0.jpg", "b/x.jpg": "1.jpg", "c/x.png": "2.jpg", "c/x.jpg": "3.jpg"}
@@ -262,7 +263,7 @@ def test_each_input_gets_its_own_annotated_copy_from_one_decode(trained, tmp_pat
             return load(source, **options)
         return load_image
 
-    for module in (agestimate.faces, agestimate.images):  # where prediction decodes, and where drawing did again
+    for module in (agestimate.faces.encoder, agestimate.io.images):  # where prediction decodes, and where drawing did again
         monkeypatch.setattr(module, "load_image", counted(module.load_image))
     run("predict", tmp_path / "in", "--recursive", "--model", model, "--annotate", tmp_path / "drawn")
     assert sorted(map(str, decoded)) == sorted(str(tmp_path / "in" / name) for name in inputs)
@@ -360,7 +361,8 @@ def test_person_folds_protocol_over_two_stores(trained, people_store):
 
 
 def test_person_fold_evaluation_calibrates_each_fold_without_its_people(trained, people_store):
-    from agestimate.evaluation import fold_of_each_face, labelled_faces, person_fold_evaluation
+    from agestimate.evaluation.folds import fold_of_each_face, person_fold_evaluation
+    from agestimate.evaluation.measure import labelled_faces
 
     store, model, _ = trained
     records, _ = labelled_faces(people_store)

@@ -3,12 +3,17 @@
 import numpy as np
 import pytest
 
-from agestimate.store import FaceRecords
+from agestimate.store.store import FaceRecords
 
 pytest.importorskip("torch")
 
 from agestimate.training.sources import (  # noqa: E402
-    LabelledSources, assign_splits, held_out_groups, label_quality_exclusions, repeat_index)
+    LabelledSources,
+    assign_splits,
+    held_out_groups,
+    label_quality_exclusions,
+    repeat_index,
+)
 
 
 def records(age, person, split, features=None, embedding=None):

@@ -6,7 +6,7 @@ follows, up to tensor ``509`` (512x7x7), pooled on the 2x2 grid like the ``grid5
 It is trained together with EVR and gender heads on the trunk's maps, which are computed once
 per crop and per augmented view (flip, crop jitter, colour, blur, downscaling, grayscale,
 JPEG) and cached on disk, so an epoch costs only the branch. The branch is exported to ONNX and
-becomes the descriptor block ``adapted`` (`agestimate.descriptors`), which prediction computes
+becomes the descriptor block ``adapted`` (`agestimate.faces.descriptors`), which prediction computes
 in the same recogniser pass.
 
     agestimate embed ../shared/data/utkface/images --labels ../shared/data/utkface/labels.csv --store utk.store
@@ -15,7 +15,7 @@ in the same recogniser pass.
 The store gives the labelled faces and their landmarks (any descriptor will do). The branch
 learns from the UTKFace train split only, its epoch chosen on UTKFace val, so that FG-NET people
 stay unseen by it for the person-fold numbers of the heads trained on top. The file is pinned by
-SHA-256 in `agestimate.models.REGISTRY`: a new branch needs the new pin (printed at the end), and
+SHA-256 in `agestimate.runtime.registry.REGISTRY`: a new branch needs the new pin (printed at the end), and
 stores embedded with the old one must be embedded again before the heads are retrained
 (`agestimate.training.default_model`).
 """
@@ -35,15 +35,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from agestimate.descriptors import BRANCH_INPUT, BRANCH_POOLED, recogniser_input
 from agestimate.errors import StoreError
-from agestimate.faces import ALIGNED_SIZE, aligned_crop
-from agestimate.heads import gender_codes
-from agestimate.images import load_image
-from agestimate.metrics import gender_accuracy
-from agestimate.models import file_sha256, weight_path
-from agestimate.runtimes import open_session
-from agestimate.store import EmbeddingStore, FaceRecords
+from agestimate.evaluation.metrics import gender_accuracy
+from agestimate.faces.descriptors import BRANCH_INPUT, BRANCH_POOLED, recogniser_input
+from agestimate.faces.encoder import ALIGNED_SIZE, aligned_crop
+from agestimate.heads.model import gender_codes
+from agestimate.io.images import load_image
+from agestimate.runtime.registry import file_sha256, weight_path
+from agestimate.runtime.sessions import open_session
+from agestimate.store.store import EmbeddingStore, FaceRecords
 
 from .export import write_onnx
 from .fit import _predict, resolve_device

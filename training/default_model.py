@@ -16,13 +16,13 @@ The default's heads take dropout 0.5, the others 0.3 (`MODELS`).
 FG-NET's training faces count four times per epoch (`REPEATS`). The epoch is chosen on
 UTKFace val plus a tenth of the FG-NET people held out, then the heads
 are trained again for that many epochs with those people added (`train(..., refit=True)`).
-Each model is calibrated (age intervals, gender temperature; `agestimate.calibration`) on the
+Each model is calibrated (age intervals, gender temperature; `agestimate.heads.calibration`) on the
 UTKFace val split, which it never trains on. Each model card records the metrics on the
 UTKFace test split and, as FG-NET accuracy on people never seen, `eval --protocol folds
 --shuffles 3` (5 person-grouped folds, each predicted by heads trained on UTKFace train and the
 other folds, the epoch chosen on UTKFace val and a tenth of those folds' people; the people
 dealt into folds three times, metrics over all three). The stores are made with the default
-backend (see `agestimate.runtimes`), so the heads learn the features that prediction computes.
+backend (see `agestimate.runtime.sessions`), so the heads learn the features that prediction computes.
 
 `weights/flip` (the default's heads on its features averaged with the mirrored crop's, two
 recogniser passes) is retrained when stores embedded with ``--descriptor grid509+adapted+flip``
@@ -37,9 +37,9 @@ import json
 import sys
 from pathlib import Path
 
-from agestimate.descriptors import DEFAULT_DESCRIPTOR
 from agestimate.estimator import DEFAULT_MODEL
-from agestimate.heads import update_card
+from agestimate.faces.descriptors import DEFAULT_DESCRIPTOR
+from agestimate.heads.model import update_card
 
 from .fit import HeadOptions
 from .protocols import person_folds, train

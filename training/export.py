@@ -1,4 +1,4 @@
-"""Export trained heads to ONNX and write a model directory that `agestimate.heads` loads."""
+"""Export trained heads to ONNX and write a model directory that `agestimate.heads.model` loads."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from agestimate.heads import FORMAT_VERSION, INPUT_NAME, OUTPUT_NAMES, write_card
+from agestimate.heads.model import FORMAT_VERSION, INPUT_NAME, OUTPUT_NAMES, write_card
 
 from .fit import FittedHeads
 from .heads import AgeGenderNet

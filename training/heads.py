@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agestimate.labels import UNKNOWN_GENDER
+from agestimate.io.labels import UNKNOWN_GENDER
 
 
 class AgeGenderNet(nn.Module):

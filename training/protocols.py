@@ -9,18 +9,24 @@ import time
 
 import numpy as np
 
-from agestimate.calibration import calibrate
 from agestimate.errors import StoreError
-from agestimate.evaluation import (Evaluation, deal_into_folds, labelled_faces, measure, predict_records,
-                                  select_split)
-from agestimate.heads import AgeGenderHeads, gender_codes, update_card
-from agestimate.store import FaceRecords
+from agestimate.evaluation.calibrate import calibrate
+from agestimate.evaluation.folds import deal_into_folds
+from agestimate.evaluation.measure import Evaluation, labelled_faces, measure, predict_records, select_split
+from agestimate.heads.model import AgeGenderHeads, gender_codes, update_card
+from agestimate.store.store import FaceRecords
 
 from .augment import augment
 from .export import save_model_dir
 from .fit import FittedHeads, HeadOptions, fit_heads
-from .sources import (LabelledSources, assign_splits, held_out_groups, label_quality_exclusions, load_sources,
-                      repeat_index)
+from .sources import (
+    LabelledSources,
+    assign_splits,
+    held_out_groups,
+    label_quality_exclusions,
+    load_sources,
+    repeat_index,
+)
 
 logger = logging.getLogger(__name__)
 

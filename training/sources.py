@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from agestimate.descriptors import normalise
 from agestimate.errors import StoreError
-from agestimate.search_index import build_index, range_hits_among, restricted_search
-from agestimate.store import EmbeddingStore, FaceRecords
+from agestimate.faces.descriptors import normalise
+from agestimate.store.index import build_index, range_hits_among, restricted_search
+from agestimate.store.store import EmbeddingStore, FaceRecords
 
 
 @dataclass(frozen=True)
@@ -99,15 +99,15 @@ def assign_splits(sources: LabelledSources, *, val_fraction: float = 0.1, seed: 
 
 def label_quality_exclusions(sources: LabelledSources, split: np.ndarray, *, label_outliers: bool = False,
                              near_duplicates: float | None = None) -> dict[str, np.ndarray]:
-    """Training faces to leave out, by reason (masks over all faces; see `agestimate.hygiene`).
+    """Training faces to leave out, by reason (masks over all faces; see `agestimate.evaluation.hygiene`).
 
     label_outliers : training faces whose age is 15+ years from the median of their 10 nearest
         training faces (identity embeddings), the hygiene report's label outliers.
     near_duplicates : a cosine threshold: training faces whose identity embedding is at least
         this similar to a val or test face (the same photo or shoot on both sides).
     """
-    from agestimate.hygiene import label_outliers as find_label_outliers
-    from agestimate.hygiene import near_duplicate_pairs
+    from agestimate.evaluation.hygiene import label_outliers as find_label_outliers
+    from agestimate.evaluation.hygiene import near_duplicate_pairs
 
     train = split == "train"
     records = sources.records.replace(face_id=np.arange(len(split)))  # faces of several stores: rows as ids
@@ -131,7 +131,7 @@ def label_quality_exclusions(sources: LabelledSources, split: np.ndarray, *, lab
 class _RecordsIndex:
     """The searches of `EmbeddingStore` (`search`, `range_search`, restricted to `among`) over the
     identity embeddings of `records` from several stores, whose face ids are their row numbers,
-    so that `agestimate.hygiene` applies its rules to them unchanged."""
+    so that `agestimate.evaluation.hygiene` applies its rules to them unchanged."""
 
     def __init__(self, records: FaceRecords):
         self.index = build_index(normalise(records.embedding), records.face_id, kind="flat")

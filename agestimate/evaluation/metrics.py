@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .labels import UNKNOWN_GENDER
+from agestimate.io.labels import UNKNOWN_GENDER
 
 AGE_GROUP_CUTS = {
     "adience8": np.array([3.0, 7.0, 13.5, 22.5, 35.0, 45.5, 56.5]),

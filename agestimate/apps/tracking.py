@@ -28,11 +28,11 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from .calibration import DEFAULT_LEVEL, MIN_SPREAD, AgeCalibration, logit, sigmoid, check_level
-from .estimator import AGE_GROUPS
-from .heads import gender_codes
-from .labels import GENDER_NAMES
-from .metrics import age_group
+from agestimate.estimator import AGE_GROUPS
+from agestimate.evaluation.metrics import age_group
+from agestimate.heads.calibration import DEFAULT_LEVEL, MIN_SPREAD, AgeCalibration, check_level, logit, sigmoid
+from agestimate.heads.model import gender_codes
+from agestimate.io.labels import GENDER_NAMES
 
 MIN_SIMILARITY = 0.35  # cosine; same person in consecutive frames is typically 0.7+, different people below 0.2
 WINDOW = 30  # analysed frames pooled per track

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import LabelError
+from agestimate.errors import LabelError
 
 UNKNOWN_GENDER = -1  # the gender code where no gender is known (labels) or predicted (a model without a gender head)
 GENDER_NAMES = ("male", "female")  # the names of the gender codes 0 and 1

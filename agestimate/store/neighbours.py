@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .descriptors import EMBEDDING_DIM
-from .labels import GENDER_NAME_OF_CODE
-from .store import EmbeddingStore
+from agestimate.faces.descriptors import EMBEDDING_DIM
+from agestimate.io.labels import GENDER_NAME_OF_CODE
+from agestimate.store.store import EmbeddingStore
 
 DEFAULT_K = 5
 

@@ -13,13 +13,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .descriptors import DEFAULT_DESCRIPTOR
-from .errors import ImageLoadError, LabelError
-from .faces import FaceEncoder
-from .labels import FaceLabel, label_reader
-from .models import REGISTRY, file_sha256
-from .sources import expand_sources
-from .store import EmbeddingStore
+from agestimate.errors import ImageLoadError, LabelError
+from agestimate.faces.descriptors import DEFAULT_DESCRIPTOR
+from agestimate.faces.encoder import FaceEncoder
+from agestimate.io.labels import FaceLabel, label_reader
+from agestimate.io.sources import expand_sources
+from agestimate.runtime.registry import REGISTRY, file_sha256
+from agestimate.store.store import EmbeddingStore
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def _describe(label: FaceLabel) -> str:
 class StoreRecorder:
     """What became of each file of an `embed` run, recorded in the store (file row, label), in
     the summary and on the progress bar. Shared by the local engine and the Ray engine
-    (`agestimate.distributed.embed`), so both keep the same record."""
+    (`agestimate.apps.distributed.embed`), so both keep the same record."""
 
     def __init__(self, db: EmbeddingStore, summary: EmbedSummary, *, labels=None, total: int, show_progress: bool = False):
         self.db, self.summary, self.labels = db, summary, labels
@@ -218,19 +218,19 @@ def embed(
     recorded with their reason and the run goes on. Labels are applied to every file read,
     whether its content is new or was stored before; a label that differs from the one its
     content had replaces it and is listed in `label_conflicts`. A file whose content changed
-    points at its new content from now on (see `agestimate.store`).
+    points at its new content from now on (see `agestimate.store.store`).
 
     Parameters
     ----------
     sources : image files, folders (walked recursively) and glob patterns (see
-        `agestimate.sources.expand_sources`); videos in folders are not embedded.
+        `agestimate.io.sources.expand_sources`); videos in folders are not embedded.
     store : store folder, created if needed.
     labels : "utkface" or "fgnet" (labels from file names), or a CSV with a `path` column.
     crops : inputs are tight face crops (see `FaceEncoder`).
-    descriptor : features stored beside each embedding (see `agestimate.descriptors`).
+    descriptor : features stored beside each embedding (see `agestimate.faces.descriptors`).
     backend, precision, providers, threads : what runs the models (see `FaceEncoder`); the
         summary's `runtime` says what did.
-    index : the store's search index: "auto", "flat" or "ivf" (see `agestimate.search_index`;
+    index : the store's search index: "auto", "flat" or "ivf" (see `agestimate.store.index`;
         None: keep the store's choice, "auto" for a new store).
     """
     started = time.perf_counter()

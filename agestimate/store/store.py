@@ -5,7 +5,7 @@ missing, damaged or stale.
 Every image is committed in its own transaction, so a store killed at any moment reopens
 consistent: an image is either wholly in the record or not at all. Images are keyed by the
 SHA-256 of their bytes, so renamed or copied files are embedded once. The record is bound to
-the SHA-256 of the embedding model and to the descriptor (see `agestimate.descriptors`) whose
+the SHA-256 of the embedding model and to the descriptor (see `agestimate.faces.descriptors`) whose
 features it keeps beside each embedding: opening it with another model or descriptor is an
 error, so two kinds of vectors never mix.
 
@@ -30,17 +30,28 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
 
-from .atomic import atomic_path
-from .errors import StoreError
-from .descriptors import EMBEDDING_DIM, Descriptor
-from .faces import FaceDetection
-from .labels import FaceLabel
-from .search_index import (build_index, check_kind, describe, index_kind, needs_rebuild, range_hits_among,
-                           restricted_search, tune_for_range)
+from agestimate.errors import StoreError
+from agestimate.faces.descriptors import EMBEDDING_DIM, Descriptor
+from agestimate.io.atomic import atomic_path
+from agestimate.io.labels import FaceLabel
+from agestimate.store.index import (
+    build_index,
+    check_kind,
+    describe,
+    index_kind,
+    needs_rebuild,
+    range_hits_among,
+    restricted_search,
+    tune_for_range,
+)
+
+if TYPE_CHECKING:  # for annotations only: the store reads faces, it never detects them
+    from agestimate.faces.encoder import FaceDetection
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +158,7 @@ class EmbeddingStore:
     model_sha256 : SHA-256 of the embedding model; required to create, checked when opening.
     descriptor : name of the descriptor of the stored features; required to create, checked when opening.
     create : create the store if it does not exist.
-    index : the search index, "auto", "flat" or "ivf" (see `agestimate.search_index`); kept in the
+    index : the search index, "auto", "flat" or "ivf" (see `agestimate.store.index`); kept in the
         store and applied when the index is next written. None: the store's choice ("auto" if new).
     """
 

@@ -3,7 +3,7 @@
 Both searches go through the store's own FAISS index (cosine of the identity embeddings),
 restricted to the faces examined: near-duplicates are pairs of faces with a cosine of at least
 a threshold (a range search, no O(n^2) loop in Python); label outliers are faces whose age
-label is far from the median label of their nearest labelled faces (as `agestimate.neighbours`
+label is far from the median label of their nearest labelled faces (as `agestimate.store.neighbours`
 finds them for predictions).
 """
 
@@ -16,9 +16,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .errors import AgestimateError
-from .images import load_image
-from .store import CURRENT, EmbeddingStore, FaceRecords
+from agestimate.errors import AgestimateError
+from agestimate.io.images import load_image
+from agestimate.store.store import CURRENT, EmbeddingStore, FaceRecords
 
 DEFAULT_THRESHOLD = 0.9  # UTKFace: 501 pairs at 0.9, median age gap 2 years (same person, same shoot)
 

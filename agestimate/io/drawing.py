@@ -7,7 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .errors import AgestimateError
+from agestimate.errors import AgestimateError
 
 COLOURS = {"male": (66, 135, 245), "female": (245, 66, 170)}  # RGB
 

@@ -25,11 +25,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 
-from . import __version__
-from .drawing import draw_faces
-from .errors import ImageLoadError
-from .estimator import Estimator, model_folder
-from .images import DEFAULT_MAX_PIXELS, load_image
+from agestimate import __version__
+from agestimate.errors import ImageLoadError
+from agestimate.estimator import Estimator, model_folder
+from agestimate.io.drawing import draw_faces
+from agestimate.io.images import DEFAULT_MAX_PIXELS, load_image
 
 logger = logging.getLogger(__name__)
 
@@ -261,7 +261,7 @@ def create_app(model=None, *, backend: str | None = None, precision: str = "auto
         logger.exception("%s %s failed", request.method, request.url.path)  # the traceback stays in the log
         return JSONResponse({"detail": "internal error (see the server log)", "kind": "internal"}, 500)
 
-    page = resources.files("agestimate").joinpath("static/index.html").read_text(encoding="utf-8")
+    page = resources.files("agestimate.apps").joinpath("static/index.html").read_text(encoding="utf-8")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
@@ -368,7 +368,7 @@ def serve(model=None, *, host: str = "127.0.0.1", port: int = 8000, workers: int
     """
     from uvicorn import run
 
-    from .heads import AgeGenderHeads
+    from agestimate.heads.model import AgeGenderHeads
 
     AgeGenderHeads.load(model_folder(model))  # raises ModelFileError with the reason
     if threads is None and workers > 1:
@@ -377,5 +377,5 @@ def serve(model=None, *, host: str = "127.0.0.1", port: int = 8000, workers: int
                            threads=threads, max_faces=max_faces, max_upload_mb=max_upload_mb, max_pixels=max_pixels,
                            queue_size=queue_size)
     os.environ[OPTIONS_VARIABLE] = json.dumps(asdict(options))
-    run("agestimate.serve:app_from_environment", factory=True, host=host, port=port, workers=workers,
+    run("agestimate.apps.serve:app_from_environment", factory=True, host=host, port=port, workers=workers,
         log_config=log_config(), access_log=False)

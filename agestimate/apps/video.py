@@ -1,5 +1,5 @@
 """Video: ages and genders frame by frame, from a file or a webcam, faces tracked and smoothed
-along their tracks (see `agestimate.tracking`), with an annotated copy."""
+along their tracks (see `agestimate.apps.tracking`), with an annotated copy."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from pathlib import Path
 
 import cv2
 
-from .calibration import DEFAULT_LEVEL
-from .drawing import draw_faces
-from .errors import ImageLoadError
-from .estimator import Estimator, ImageResult
-from .tracking import FaceTracker
+from agestimate.apps.tracking import FaceTracker
+from agestimate.errors import ImageLoadError
+from agestimate.estimator import Estimator, ImageResult
+from agestimate.heads.calibration import DEFAULT_LEVEL
+from agestimate.io.drawing import draw_faces
 
 
 def video_name(source) -> str:
@@ -32,7 +32,7 @@ def predict_video(source, estimator: Estimator, *, every: int = 1, annotate_to: 
     annotate_to : write an annotated copy of the video here (MJPG .avi).
     max_frames : stop after this many frames (a webcam never ends by itself).
     track : follow faces across frames (`Face.track`) and smooth their age and gender along
-        each track (`agestimate.tracking.FaceTracker`); False gives each frame's own estimates.
+        each track (`agestimate.apps.tracking.FaceTracker`); False gives each frame's own estimates.
     interval : level of the age intervals.
     """
     if every < 1:

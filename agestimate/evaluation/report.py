@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import AgestimateError
-from .evaluation import Evaluation
-from .metrics import DECADE_KEYS, age_group, age_group_labels, decade_keys, reliability_bins
+from agestimate.errors import AgestimateError
+from agestimate.evaluation.measure import Evaluation
+from agestimate.evaluation.metrics import DECADE_KEYS, age_group, age_group_labels, decade_keys, reliability_bins
 
 
 def format_table(metrics: dict) -> str:

@@ -2,7 +2,7 @@
 image without a face or with an error; CSV, JSON Lines or Parquet, resumable.
 
 The rows are those of `ImageResult.summary`. The local `agestimate predict` and the Ray engine
-(`agestimate.distributed`) write them through the same `PredictionWriter`, so both give the
+(`agestimate.apps.distributed`) write them through the same `PredictionWriter`, so both give the
 same files.
 
 Resuming: when the output exists, `PredictionWriter` keeps its rows and `scored` holds the
@@ -25,8 +25,8 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from .atomic import atomic_path
-from .errors import AgestimateError
+from agestimate.errors import AgestimateError
+from agestimate.io.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 

@@ -33,10 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .calibration import DEFAULT_LEVEL
-from .descriptors import DEFAULT_DESCRIPTOR
-from .errors import AgestimateError, ImageLoadError
-from .images import describe_source
+from agestimate.errors import AgestimateError, ImageLoadError
+from agestimate.faces.descriptors import DEFAULT_DESCRIPTOR
+from agestimate.heads.calibration import DEFAULT_LEVEL
+from agestimate.io.images import describe_source
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ class ImageScorer:
 
     def __init__(self, model: str | None = None, model_files: dict[str, bytes] | None = None, *, batch_size: int = 32,
                  interval: float = DEFAULT_LEVEL, **options):
-        from .estimator import Estimator
+        from agestimate.estimator import Estimator
 
         self.batch_size, self.interval = batch_size, interval
         if model_files:
@@ -162,7 +162,7 @@ class ImageScorer:
             self.estimator = Estimator(model, **options)
 
     def __call__(self, batch: dict):
-        from .predictions import rows_to_table
+        from agestimate.io.predictions import rows_to_table
 
         sources, names = _sources(batch)
         rows = []
@@ -174,8 +174,8 @@ class ImageScorer:
 
 def _model_arguments(model) -> dict:
     """`ImageScorer` arguments for `model`: a shipped name, or the files of a folder (checked here, on the driver)."""
-    from .estimator import SHIPPED_MODELS, model_folder
-    from .heads import AgeGenderHeads
+    from agestimate.estimator import SHIPPED_MODELS, model_folder
+    from agestimate.heads.model import AgeGenderHeads
 
     if model is None or str(model) in SHIPPED_MODELS:
         return {"model": None if model is None else str(model)}
@@ -225,12 +225,12 @@ def predict(paths: Iterable[str | Path], *, out: str | Path | None = None, model
     on stdout), the rows and files of the local `agestimate predict`, in no particular order.
     `paths` may hold Parquet files (suffix .parquet): lists of image paths (see `read_path_list`).
 
-    Resumable: the files already in an existing `out` are skipped (see `agestimate.predictions`).
+    Resumable: the files already in an existing `out` are skipped (see `agestimate.io.predictions`).
     Each file is scored once even when Ray retries the work of a failed actor.
 
     Returns counts: images, faces, no_face, errors, skipped (already in `out`), actors, seconds.
     """
-    from .predictions import PredictionWriter, table_rows
+    from agestimate.io.predictions import PredictionWriter, table_rows
 
     started = time.perf_counter()
     counts, resources = Counter(), {"actors": 0}
@@ -276,7 +276,7 @@ class ImageEmbedder:
     row per image with its content hash, faces, embeddings and descriptor features (as bytes)."""
 
     def __init__(self, *, batch_size: int = 64, **options):
-        from .faces import FaceEncoder
+        from agestimate.faces.encoder import FaceEncoder
 
         self.batch_size = batch_size
         self.encoder = FaceEncoder(**options)
@@ -325,7 +325,7 @@ def _embedding_schema():
 
 def _encoded_image(row: dict, dim: int, feature_dim: int):
     """The `EncodedImage` an `ImageEmbedder` row describes."""
-    from .faces import EncodedImage, FaceDetection
+    from agestimate.faces.encoder import EncodedImage, FaceDetection
 
     if row["error_kind"] is not None:
         return EncodedImage(source=row["path"], error=ImageLoadError(row["path"], row["error_reason"], kind=row["error_kind"]))
@@ -355,7 +355,7 @@ def embed(sources: Iterable[str | Path], *, store: str | Path, labels: str | Pat
           threads: int | None = None, show_progress: bool = False, index: str | None = None,
           ray_address: str | None = None, actors: int | None = None, cpus_per_actor: float = 1.0,
           gpus_per_actor: float | None = None):
-    """`agestimate.embedding.embed` with the faces computed by a pool of Ray actors.
+    """`agestimate.store.embedding.embed` with the faces computed by a pool of Ray actors.
 
     The driver keeps the store and records each image as its row arrives, through the same
     `StoreRecorder` as the local engine: keyed by content (the actors hash the bytes they read),
@@ -363,7 +363,7 @@ def embed(sources: Iterable[str | Path], *, store: str | Path, labels: str | Pat
     not sent again; an image stored before its file was recorded is not stored twice), labels
     applied. Copies of one image within a run are encoded on the workers and stored once.
     """
-    from .embedding import recording
+    from agestimate.store.embedding import recording
 
     started = time.perf_counter()
     with recording(sources, store, labels=labels, descriptor=descriptor, index=index,
