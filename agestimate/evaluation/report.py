@@ -26,7 +26,8 @@ def decade_table(evaluation: Evaluation) -> str:
     """Faces, MAE, bias (mean signed error, predicted - true) and gender accuracy per decade of
     true age, as Markdown."""
     metrics = evaluation.metrics
-    counts = np.bincount(age_group(evaluation.records.age, "bins10"), minlength=len(age_group_labels("bins10")))
+    ages = evaluation.records.age[~np.isnan(evaluation.records.age)]
+    counts = np.bincount(age_group(ages, "bins10"), minlength=len(age_group_labels("bins10")))
     rows = ["| true age | faces | MAE | bias | gender % |", "|---|---|---|---|---|"]
     for count, label, mae_key, bias_key, gender_key in zip(counts, age_group_labels("bins10"), DECADE_KEYS,
                                                             decade_keys("bias"), decade_keys("gender_accuracy")):
@@ -36,29 +37,36 @@ def decade_table(evaluation: Evaluation) -> str:
     return "\n".join(rows)
 
 
+def _figure(size, rows: int = 1, columns: int = 1):
+    """A figure and its axes, drawn on the figure's own canvas: the caller's matplotlib backend
+    and pyplot's figures stay as they are."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=size)
+    return figure, figure.subplots(rows, columns)
+
+
 def write_report(evaluation: Evaluation, folder, *, title: str, command: str) -> Path:
     """Write report.md, metrics.json and PNG plots into `folder`: four of the point estimates and,
     for a calibrated model, interval coverage per decade and the gender reliability diagram."""
     try:
-        import matplotlib
+        import matplotlib  # noqa: F401
     except ImportError as error:
         raise AgestimateError("reports need matplotlib: pip install 'agestimate[train]'") from error
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import confusion_matrix
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    true, predicted = evaluation.records.age, evaluation.predicted_age
+    aged = ~np.isnan(evaluation.records.age)  # the age plots show the faces with an age label
+    true, predicted = evaluation.records.age[aged], evaluation.predicted_age[aged]
     (folder / "metrics.json").write_text(json.dumps(evaluation.metrics, indent=2) + "\n")
 
-    figure, axes = plt.subplots(figsize=(5, 5))
+    figure, axes = _figure((5, 5))
     axes.scatter(true, predicted, s=4, alpha=0.4)
     axes.plot([0, 100], [0, 100], color="black", linewidth=1)
     axes.set(xlabel="true age", ylabel="predicted age", title="predicted vs true age")
     figure.savefig(folder / "predicted_vs_true.png", dpi=100, bbox_inches="tight")
 
-    figure, axes = plt.subplots(figsize=(7, 4))
+    figure, axes = _figure((7, 4))
     ages = np.clip(true.astype(int), 0, 100)
     errors = np.abs(predicted - true)
     present = np.unique(ages)
@@ -67,8 +75,9 @@ def write_report(evaluation: Evaluation, folder, *, title: str, command: str) ->
     figure.savefig(folder / "error_by_age.png", dpi=100, bbox_inches="tight")
 
     labels = age_group_labels("adience8")
-    matrix = confusion_matrix(age_group(true, "adience8"), age_group(predicted, "adience8"), labels=range(len(labels)))
-    figure, axes = plt.subplots(figsize=(6, 5))
+    matrix = np.zeros((len(labels), len(labels)), np.int64)  # rows: true group, columns: predicted group
+    np.add.at(matrix, (age_group(true, "adience8"), age_group(predicted, "adience8")), 1)
+    figure, axes = _figure((6, 5))
     image = axes.imshow(matrix, cmap="Blues")
     axes.set_xticks(range(len(labels)), labels, rotation=45)
     axes.set_yticks(range(len(labels)), labels)
@@ -80,7 +89,7 @@ def write_report(evaluation: Evaluation, folder, *, title: str, command: str) ->
 
     labels = age_group_labels("bins10")
     present = [i for i, key in enumerate(DECADE_KEYS) if evaluation.metrics.get(key) is not None]
-    figure, (mae_axes, bias_axes) = plt.subplots(1, 2, figsize=(12, 4))
+    figure, (mae_axes, bias_axes) = _figure((12, 4), 1, 2)
     for axes, prefix, name in ((mae_axes, "mae", "MAE"), (bias_axes, "bias", "mean signed error (predicted - true)")):
         keys = decade_keys(prefix)
         values = [evaluation.metrics[keys[i]] for i in present]
@@ -91,8 +100,7 @@ def write_report(evaluation: Evaluation, folder, *, title: str, command: str) ->
     plots = ["![predicted vs true](predicted_vs_true.png)", "![error by age](error_by_age.png)",
              "![Adience-8 confusion](confusion_adience8.png)", "![MAE and bias per decade](mae_per_decade.png)"]
     if evaluation.uncertainty is not None:
-        plots += _uncertainty_plots(evaluation, folder, plt)
-    plt.close("all")
+        plots += _uncertainty_plots(evaluation, folder)
 
     (folder / "report.md").write_text(
         f"# {title}\n\nCommand: `{command}`\n\n{format_table(evaluation.metrics)}\n\n{decade_table(evaluation)}\n\n"
@@ -101,10 +109,10 @@ def write_report(evaluation: Evaluation, folder, *, title: str, command: str) ->
     return folder
 
 
-def _uncertainty_plots(evaluation: Evaluation, folder: Path, plt) -> list[str]:
+def _uncertainty_plots(evaluation: Evaluation, folder: Path) -> list[str]:
     """Coverage per decade of true age at each interval level, and the gender reliability diagram."""
     labels = age_group_labels("bins10")
-    figure, axes = plt.subplots(figsize=(7, 4))
+    figure, axes = _figure((7, 4))
     for offset, level in enumerate(evaluation.uncertainty["intervals"]):
         tag = f"{round(100 * level):d}"
         keys = decade_keys(f"coverage_{tag}")
@@ -120,7 +128,7 @@ def _uncertainty_plots(evaluation: Evaluation, folder: Path, plt) -> list[str]:
     known = (evaluation.records.gender >= 0) & (evaluation.predicted_gender >= 0)
     if known.any():
         rows = reliability_bins(evaluation.uncertainty["prob_female"][known], evaluation.records.gender[known])
-        figure, axes = plt.subplots(figsize=(5, 5))
+        figure, axes = _figure((5, 5))
         axes.bar([(r["low"] + r["high"]) / 2 for r in rows], [r["accuracy"] for r in rows], width=1 / 30, alpha=0.7,
                  edgecolor="black", label="accuracy")
         axes.plot([0.5, 1], [0.5, 1], color="black", linewidth=1, label="perfect calibration")
