@@ -345,7 +345,7 @@ def calibrate(model, stores, splits, as_json):
     if as_json:
         click.echo(json.dumps(calibration.to_dict(), indent=2))
         return
-    temperature = "none (no gender head)" if calibration.gender is None else f"{calibration.gender.temperature:.3f}"
+    temperature = "none (no gender head)" if calibration.gender is None else calibration.gender.describe()
     click.echo(f"calibrated {model} on {calibration.source['faces']} faces: age groups split at predicted ages "
                f"{list(calibration.age.group_edges)} ({[len(scores) for scores in calibration.age.scores]} faces), "
                f"gender temperature {temperature}")

@@ -61,18 +61,40 @@ def test_gender_temperature_recovers_an_overconfident_model():
     female = rng.random(20000) < sigmoid(logits / 2.5)  # the truth is 2.5 times less sure than the model
     raw = sigmoid(logits)
     fitted = GenderCalibration.fit(raw, female.astype(int))
-    assert fitted.temperature == pytest.approx(2.5, rel=0.05)
+    assert fitted.temperatures == (pytest.approx(2.5, rel=0.05),)
     calibrated = fitted.apply(raw)
     assert expected_calibration_error(calibrated, female) < 0.02 < 0.05 < expected_calibration_error(raw, female)
     assert ((calibrated > 0.5) == (raw > 0.5)).all() and fitted.apply(0.5) == pytest.approx(0.5)
 
 
+def test_children_whose_gender_the_model_reads_near_chance_get_probabilities_near_a_half():
+    """Issue 28: one temperature over all ages left children's P(female) as sure as adults'."""
+    rng = np.random.default_rng(2)
+    age = np.concatenate([rng.uniform(1, 9, 4000), rng.uniform(20, 70, 16000)])
+    logits = rng.normal(0, 4, len(age))
+    truth_scale = np.where(age < 10, 8.0, 1.0)  # children: the model is 8 times too sure
+    female = rng.random(len(age)) < sigmoid(logits / truth_scale)
+    raw = sigmoid(logits)
+    banded = GenderCalibration.fit(raw, female.astype(int), age)
+    assert banded.age_edges == (10.0, 18.0)
+    assert banded.temperatures[0] == pytest.approx(8.0, rel=0.15) and banded.temperatures[2] == pytest.approx(1.0, rel=0.05)
+    assert banded.temperatures[1] == GenderCalibration.fit(raw, female.astype(int)).temperatures[0]  # no teenager: pooled
+    child = age < 10
+    calibrated = banded.apply(raw, age)
+    assert expected_calibration_error(calibrated[child], female[child]) < 0.03
+    assert expected_calibration_error(GenderCalibration.fit(raw, female.astype(int)).apply(raw)[child], female[child]) > 0.1
+    assert banded.describe() == f"{banded.temperatures[0]:.3f} under 10, {banded.temperatures[1]:.3f} 10-18, " \
+                                f"{banded.temperatures[2]:.3f} from 18"
+
+
 def test_calibration_round_trips_through_the_card():
     calibration = Calibration(AgeCalibration.fit([10.0, 40, 70] * 100, [2.0] * 300, [11.0, 39, 75] * 100),
-                              GenderCalibration(1.3), {"faces": 300})
+                              GenderCalibration((3.0, 1.3), (10.0,)), {"faces": 300})
     card = json.loads(json.dumps({"calibration": calibration.to_dict()}))
     again = Calibration.from_card(card)
-    assert again.gender.temperature == 1.3 and again.age.group_edges == calibration.age.group_edges
+    assert again.gender == calibration.gender and again.age.group_edges == calibration.age.group_edges
+    card_before_bands = {"calibration": {**card["calibration"], "gender": {"temperature": 1.3}}}
+    assert Calibration.from_card(card_before_bands).gender == GenderCalibration((1.3,))
     assert np.allclose(again.age.interval([30.0], [3.0], 0.8), calibration.age.interval([30.0], [3.0], 0.8))
     assert Calibration.from_card({}) is None
     card["calibration"]["age"]["scores"] = [[3, 1, 2]]

@@ -157,15 +157,16 @@ def train(store, out, *, descriptor: str | None = None, options: HeadOptions = H
 def person_folds(stores, *, folds: int | None = 5, descriptor: str | None = None, options: HeadOptions = HeadOptions(),
                  device=None, val_fraction: float = 0.1, progress: bool = False, augment_with: str = "none",
                  repeats=None, shuffles: int = 1) -> Evaluation:
-    """Person-grouped cross-validation: every face with a person label is predicted by heads
+    """Person-grouped cross-validation: every face with a person label and no split label
+    (FG-NET's; where no such face exists, every face with a person label) is predicted by heads
     that never saw that person; metrics over all those faces.
 
-    The people (of all `stores`; see `training.sources`) are shuffled with the options' seed
-    and dealt into `folds` folds (None: one per person, leave-one-person-out). For each fold,
-    the heads train on the other folds' people, except `val_fraction` of them held out to
-    choose the epoch, and on the faces without a person of the train split or of no split
-    (UTKFace's train split); the faces without a person of the val split join the validation
-    set, those of the test split are never used. `repeats`: as in `train`.
+    These people (see `training.sources`) are shuffled with the options' seed and dealt into
+    `folds` folds (None: one per person, leave-one-person-out). For each fold, the heads train
+    on the other folds' people, except `val_fraction` of them held out to choose the epoch, and
+    on the other faces of the train split or of no split (UTKFace's, AAF's and LFW's train
+    splits: LFW's people keep their split); the other faces of the val split join the
+    validation set, those of the test split are never used. `repeats`: as in `train`.
 
     `shuffles` > 1 repeats it all with the seeds seed, seed + 1, ... (other folds, other heads):
     each face is then predicted once per shuffle, the metrics are over all these predictions
@@ -178,6 +179,8 @@ def person_folds(stores, *, folds: int | None = 5, descriptor: str | None = None
     sources = load_sources(stores, descriptor)
     records, groups = sources.records, sources.groups
     has_person = records.person != ""
+    if (has_person & (records.split == "")).any():  # people of a store without splits: those are dealt, LFW's keep their split
+        has_person &= records.split == ""
     people = np.array(sorted(set(groups[has_person].tolist())), dtype=object)
     if len(people) < 3:
         raise StoreError(f"{', '.join(sources.stores)}: person folds need person labels for at least 3 people, "

@@ -53,5 +53,5 @@ def calibrate(model_dir, sources, *, group_edges=GROUP_EDGES) -> Calibration:
     )
     update_card(model_dir, calibration=calibration.to_dict())
     logger.info("calibrated %s on %d faces: groups %s, gender temperature %s", model_dir, calibration.source["faces"],
-                calibration.age.group_edges, None if calibration.gender is None else round(calibration.gender.temperature, 3))
+                calibration.age.group_edges, None if calibration.gender is None else calibration.gender.describe())
     return calibration

@@ -26,7 +26,10 @@ Gender
 ------
 Temperature scaling (Guo et al. 2017): P(female) = sigmoid(logit / T), with T minimising the
 negative log-likelihood on the calibration faces. It changes probabilities, never the
-predicted gender.
+predicted gender. One T per band of predicted age (`GENDER_AGE_EDGES`: under 10, 10-17, 18 and
+over): children's faces say much less of their gender, and one T over all ages left their
+probabilities as sure as adults' (BENCHMARKS.md, issue 28). A band with fewer than
+`MIN_GENDER_BAND` calibration faces of known gender takes the T of all faces.
 
 The fitted numbers live in ``model.json`` under ``"calibration"``; `calibrate` writes them.
 A model without them predicts NaN intervals and uncalibrated gender probabilities.
@@ -44,6 +47,8 @@ DEFAULT_LEVEL = 0.8
 GROUP_EDGES = (18.0, 65.0)  # predicted age: minors, adults, seniors
 MIN_GROUP_SIZE = 100
 MIN_SPREAD = 0.5  # years; the age grid's half step, so no score divides by ~0
+GENDER_AGE_EDGES = (10.0, 18.0)  # predicted age: children, teenagers, adults
+MIN_GENDER_BAND = 50
 _PROBABILITY_CLIP = 1e-7
 
 
@@ -144,34 +149,70 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1 + np.tanh(0.5 * x))  # no overflow warnings for large |x|
 
 
+def _temperature(prob_female: np.ndarray, female: np.ndarray) -> float:
+    """T minimising the negative log-likelihood of the genders `female` (bool) under sigmoid(logit / T)."""
+    signed = np.where(female, logit(prob_female), -logit(prob_female))  # each face's log-likelihood: log sigmoid(signed / T)
+
+    def nll(log_t: np.ndarray) -> np.ndarray:
+        scaled = signed[None, :] / np.exp(log_t)[:, None]
+        return np.logaddexp(0, -scaled).mean(axis=1)
+
+    grid = np.linspace(-3, 3, 601)  # T from 0.05 to 20, steps of 1%
+    best = grid[np.argmin(nll(grid))]
+    fine = np.linspace(best - 0.01, best + 0.01, 201)
+    return float(np.exp(fine[np.argmin(nll(fine))]))
+
+
 @dataclass(frozen=True)
 class GenderCalibration:
-    """Temperature T of the gender logit: P(female) = sigmoid(logit / T)."""
+    """Temperatures of the gender logit, one per band of predicted age: P(female) =
+    sigmoid(logit / T[band]); the bands are split at `age_edges` (none: one T for all)."""
 
-    temperature: float
+    temperatures: tuple[float, ...]
+    age_edges: tuple[float, ...] = ()
 
     @classmethod
-    def fit(cls, prob_female, gender) -> GenderCalibration:
-        """T minimising the negative log-likelihood of the known genders (0 male, 1 female; -1 skipped)."""
-        gender = np.asarray(gender)
+    def fit(cls, prob_female, gender, predicted_age=None, *, age_edges=GENDER_AGE_EDGES,
+            min_band: int = MIN_GENDER_BAND) -> GenderCalibration:
+        """Temperatures minimising the negative log-likelihood of the known genders (0 male, 1
+        female; -1 skipped) in each band of `predicted_age` (None: one band)."""
+        gender, prob_female = np.asarray(gender), np.asarray(prob_female, np.float64)
         known = gender >= 0
         if not known.any():
             raise ValueError("no calibration face has a known gender")
-        logits, female = logit(np.asarray(prob_female)[known]), gender[known] == 1
-        signed = np.where(female, logits, -logits)  # log-likelihood of each face is log sigmoid(signed / T)
+        pooled = _temperature(prob_female[known], gender[known] == 1)
+        if predicted_age is None or not age_edges:
+            return cls((pooled,))
+        band = np.digitize(np.asarray(predicted_age), age_edges)
+        temperatures = []
+        for b in range(len(age_edges) + 1):
+            chosen = known & (band == b)
+            temperatures.append(_temperature(prob_female[chosen], gender[chosen] == 1) if chosen.sum() >= min_band else pooled)
+        return cls(tuple(temperatures), tuple(float(edge) for edge in age_edges))
 
-        def nll(log_t: np.ndarray) -> np.ndarray:
-            scaled = signed[None, :] / np.exp(log_t)[:, None]
-            return np.logaddexp(0, -scaled).mean(axis=1)
+    def apply(self, prob_female, predicted_age=None) -> np.ndarray:
+        """Calibrated P(female) for raw P(female) (n,) of faces predicted `predicted_age` (n,) old; 0.5 stays 0.5."""
+        if len(self.temperatures) == 1:
+            return sigmoid(logit(prob_female) / self.temperatures[0])
+        band = np.digitize(np.asarray(predicted_age), self.age_edges)
+        return sigmoid(logit(prob_female) / np.asarray(self.temperatures)[band])
 
-        grid = np.linspace(-3, 3, 601)  # T from 0.05 to 20, steps of 1%
-        best = grid[np.argmin(nll(grid))]
-        fine = np.linspace(best - 0.01, best + 0.01, 201)
-        return cls(float(np.exp(fine[np.argmin(nll(fine))])))
+    def to_dict(self) -> dict:
+        return {"temperatures": list(self.temperatures), "age_edges": list(self.age_edges)}
 
-    def apply(self, prob_female) -> np.ndarray:
-        """Calibrated P(female) for raw P(female), any shape; 0.5 stays 0.5."""
-        return sigmoid(logit(prob_female) / self.temperature)
+    @classmethod
+    def from_dict(cls, values: dict) -> GenderCalibration:
+        if "temperature" in values:  # cards written before the bands
+            return cls((float(values["temperature"]),))
+        return cls(tuple(map(float, values["temperatures"])), tuple(map(float, values["age_edges"])))
+
+    def describe(self) -> str:
+        """The temperatures with their bands of predicted age, e.g. "3.100 under 10, 1.800 10-18, 1.200 from 18"."""
+        if len(self.temperatures) == 1:
+            return f"{self.temperatures[0]:.3f}"
+        ends = [f"under {self.age_edges[0]:g}"] + [f"{low:g}-{high:g}" for low, high in zip(self.age_edges, self.age_edges[1:])] \
+            + [f"from {self.age_edges[-1]:g}"]
+        return ", ".join(f"{t:.3f} {end}" for t, end in zip(self.temperatures, ends))
 
 
 @dataclass(frozen=True)
@@ -187,7 +228,7 @@ class Calibration:
         return {"method": "split conformal: (true - predicted age) / spread, per group of predicted age; "
                           "gender temperature scaling",
                 **self.source, "age": self.age.to_dict(),
-                "gender": None if self.gender is None else {"temperature": self.gender.temperature}}
+                "gender": None if self.gender is None else self.gender.to_dict()}
 
     @classmethod
     def from_card(cls, card: dict, *, path="model.json") -> Calibration | None:
@@ -198,7 +239,7 @@ class Calibration:
         try:
             gender = values.get("gender")
             return cls(AgeCalibration.from_dict(values["age"]),
-                       None if gender is None else GenderCalibration(float(gender["temperature"])),
+                       None if gender is None else GenderCalibration.from_dict(gender),
                        {key: values[key] for key in ("faces", "sources") if key in values})
         except (KeyError, TypeError, ValueError) as error:
             raise ModelFileError(f"{path}: unreadable calibration ({error!r})") from error
@@ -213,5 +254,5 @@ def fit_calibration(outputs, true_age, gender=None, *, source: dict | None = Non
     aged = ~np.isnan(true_age)
     age = AgeCalibration.fit(outputs.age[aged], outputs.age_spread[aged], true_age[aged], group_edges=group_edges)
     has_gender = gender is not None and (np.asarray(gender) >= 0).any() and (outputs.gender >= 0).any()
-    return Calibration(age, GenderCalibration.fit(outputs.gender_prob_female, gender) if has_gender else None,
+    return Calibration(age, GenderCalibration.fit(outputs.gender_prob_female, gender, outputs.age) if has_gender else None,
                        {"faces": int(len(true_age)), **(source or {})})

@@ -266,7 +266,7 @@ class AgeGenderHeads:
         else:
             age_low, age_high = self.calibration.age.interval(age, age_spread, level)
             if self.calibration.gender is not None and self.uses_gender:
-                female = self.calibration.gender.apply(female).astype(np.float32)
+                female = self.calibration.gender.apply(female, age).astype(np.float32)
         gender = gender_codes(female, uses_gender=self.uses_gender)
         distance = np.subtract.outer(age, self.position_ages)  # (N, n), in place below: this is the hot loop
         np.abs(distance, out=distance)
