@@ -112,6 +112,27 @@ class RecogniserBranch(nn.Module):
         return self.pool(tensors[BRANCH_POOLED]).flatten(1)
 
 
+def load_branch(path) -> RecogniserBranch:
+    """The branch of an ONNX file written by `export_branch`: the recogniser's layers with that
+    file's weights (its Conv and PRelu nodes, in order), to fine-tune further."""
+    import onnx
+    import onnx.numpy_helper
+
+    branch = RecogniserBranch(onnx.load(str(weight_path("recognizer"))))
+    graph = onnx.load(str(path)).graph
+    values = {tensor.name: onnx.numpy_helper.to_array(tensor) for tensor in graph.initializer}
+    values.update({node.output[0]: onnx.numpy_helper.to_array(node.attribute[0].t)
+                   for node in graph.node if node.op_type == "Constant"})
+    nodes = [node for node in graph.node if node.op_type in ("Conv", "PRelu")]
+    if len(nodes) != len(branch.layers):
+        raise ValueError(f"{path}: {len(nodes)} Conv and PRelu nodes, the branch has {len(branch.layers)} layers")
+    for layer, node in zip(branch.layers, nodes):
+        parameters = [layer.weight] + ([layer.bias] if node.op_type == "Conv" else [])
+        for parameter, name in zip(parameters, node.input[1:]):
+            parameter.data.copy_(torch.from_numpy(values[name].reshape(parameter.shape).copy()))
+    return branch
+
+
 def export_branch(branch: RecogniserBranch, path) -> Path:
     """Write the branch as ONNX: input "maps" (n, 256, 14, 14), the recogniser's `BRANCH_INPUT`,
     output "features" (n, 2048)."""
@@ -244,9 +265,10 @@ def branch_features(branch: nn.Module, maps: np.ndarray, batch_size: int = 256) 
 
 
 def fine_tune(work, *, epochs: int = 14, batch_size: int = 64, lr_branch: float = 1e-4, lr_heads: float = 1e-3,
-              gender_weight: float = 1.0, max_age: int = 100, seed: int = 0, device=None, out=None) -> dict:
+              gender_weight: float = 1.0, max_age: int = 100, seed: int = 0, device=None, out=None, start=None) -> dict:
     """Train branch and heads (EVR + gender, the gender loss weighted by `gender_weight`) on the
-    cached maps; keep the epoch best on val MAE (written to `out` as ONNX when given)."""
+    cached maps, from the pretrained recogniser's layers or from the branch file `start`; keep
+    the epoch best on val MAE (written to `out` as ONNX when given)."""
     import onnx
 
     work = Path(work)
@@ -258,7 +280,7 @@ def fine_tune(work, *, epochs: int = 14, batch_size: int = 64, lr_branch: float 
     ages = np.minimum(train_labels["age"], max_age).astype(np.float32)
     genders = train_labels["gender"].astype(np.int64)
 
-    branch = RecogniserBranch(onnx.load(str(weight_path("recognizer"))))
+    branch = RecogniserBranch(onnx.load(str(weight_path("recognizer")))) if start is None else load_branch(start)
     start_features = branch_features(branch, train_maps[0])
     heads = AgeGenderNet(torch.from_numpy(start_features.mean(0)), torch.from_numpy(start_features.std(0).clip(1e-6)),
                          torch.zeros(1), max_age=max_age, use_rapl=False)
@@ -307,10 +329,12 @@ def main(argv=None) -> None:
     parser.add_argument("--work", required=True, help="folder caching crops' trunk maps (about 7 GB for UTKFace)")
     parser.add_argument("--out", required=True, help="the branch's ONNX file")
     parser.add_argument("--epochs", type=int, default=14)
+    parser.add_argument("--lr", type=float, default=1e-4, help="the branch's peak learning rate")
+    parser.add_argument("--start", help="a branch file to fine-tune further (default: the pretrained recogniser's layers)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     print(json.dumps(prepare(args.store, args.work)), file=sys.stderr)
-    result = fine_tune(args.work, epochs=args.epochs, out=args.out)
+    result = fine_tune(args.work, epochs=args.epochs, lr_branch=args.lr, out=args.out, start=args.start)
     print(json.dumps({"best_val_mae": result["best_val_mae"], "history": result["history"],
                       "sha256": file_sha256(args.out)}, indent=2))
 

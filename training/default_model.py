@@ -55,41 +55,50 @@ FOLDS = 5  # person-grouped folds of FG-NET for the card
 # ... dealt 3 times (seeds 0, 1, 2), the card's numbers over all three: one dealing of 41 people is a noisy
 # measure (over seeds 0-5 MAE 2.87 to 3.03, and one decade's bias as far as -2.28 or +2.56; BENCHMARKS.md, issue 18).
 SHUFFLES = 3
-# Each FG-NET training face is seen 4 times per epoch (495 photos beside 16,570 UTKFace faces): FG-NET
-# person folds MAE 2.98 vs 3.19 once and 3.06 eight times, UTKFace val unchanged (BENCHMARKS.md, issue 18).
-REPEATS = (1, 4)
+# Training faces per epoch, per store in the order UTKFace, AAF, LFW, FG-NET: each FG-NET face is seen 4
+# times (495 photos beside 16,570 UTKFace faces: FG-NET person folds MAE 2.98 vs 3.19 once and 3.06 eight
+# times, UTKFace val unchanged; BENCHMARKS.md, issue 18); AAF's and LFW's chosen on the val splits (issue 28).
+REPEATS = (1, 1, 1, 4)
+LICENCE = ("heads trained on UTKFace, All-Age-Faces, LFW and FG-NET (each non-commercial research only); "
+           "face models from insightface (non-commercial research only)")
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--store", required=True, help="UTKFace store with the fixed train/val/test split")
+    parser.add_argument("--store", required=True, action="append",
+                        help="a labelled set with train/val/test splits (UTKFace, AAF, LFW); repeat, in the order of REPEATS")
     parser.add_argument("--fgnet-store", required=True, help="FG-NET store (people, no split): trained on, measured in person folds")
-    parser.add_argument("--flip-store",
-                        help="the UTKFace store embedded with --descriptor grid509+adapted+flip (weights/flip)")
+    parser.add_argument("--flip-store", action="append",
+                        help="each --store embedded with --descriptor grid509+adapted+flip, in the same order (weights/flip)")
     parser.add_argument("--flip-fgnet-store", help="the FG-NET store embedded with --descriptor grid509+adapted+flip")
     parser.add_argument("--out", default=str(WEIGHTS), help="folder receiving default/, frozen/, embedding/ (and flip/)")
     args = parser.parse_args(argv)
     if (args.flip_store is None) != (args.flip_fgnet_store is None):
         parser.error("--flip-store and --flip-fgnet-store go together")
+    if args.flip_store is not None and len(args.flip_store) != len(args.store):
+        parser.error("give one --flip-store per --store")
+    if len(args.store) + 1 != len(REPEATS):
+        parser.error(f"REPEATS has a count for {len(REPEATS) - 1} stores with splits and FG-NET; got {len(args.store)} --store")
     command = "python -m agestimate.training.default_model " + " ".join(argv if argv is not None else sys.argv[1:])
     for name, (descriptor, options) in MODELS.items():
-        store, fgnet_store = (args.flip_store, args.flip_fgnet_store) if name == "flip" else (args.store, args.fgnet_store)
-        if store is None:
+        stores = [*args.flip_store, args.flip_fgnet_store] if name == "flip" and args.flip_store else \
+            None if name == "flip" else [*args.store, args.fgnet_store]
+        if stores is None:
             continue
         folder = Path(args.out) / name
-        card = train([store, fgnet_store], folder, descriptor=descriptor, options=options, refit=True, repeats=REPEATS,
+        card = train(stores, folder, descriptor=descriptor, options=options, refit=True, repeats=REPEATS,
                      progress=True, command=command)
-        folds = person_folds([store, fgnet_store], folds=FOLDS, descriptor=descriptor, options=options,
+        folds = person_folds(stores, folds=FOLDS, descriptor=descriptor, options=options,
                              repeats=REPEATS, shuffles=SHUFFLES).metrics
         update_card(folder, metrics={**card["metrics"], "fgnet_person_folds": folds},
                     data={**card["data"], "fgnet_person_folds": (
-                        f"{FOLDS} folds of FG-NET people, each predicted by heads trained on UTKFace train and the "
-                        f"other folds, the people dealt into folds {SHUFFLES} times "
+                        f"{FOLDS} folds of FG-NET people, each predicted by heads trained on the train splits of the "
+                        f"other sets and the other folds, the people dealt into folds {SHUFFLES} times "
                         f"(`agestimate eval --protocol folds --shuffles {SHUFFLES}`)")},
-                    licence="heads trained on UTKFace and FG-NET (non-commercial research only); "
-                            "face models from insightface (non-commercial research only)")
+                    licence=LICENCE)
         print(json.dumps({"model": name, "training_seconds": card["training_seconds"],
-                          "utkface_test": card["metrics"]["test"], "fgnet_person_folds": folds}, indent=2))
+                          "test_by_store": {store: metrics.get("test") for store, metrics in card["metrics_by_source"].items()},
+                          "fgnet_person_folds": folds}, indent=2))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import onnxruntime
+
 from agestimate.errors import ModelFileError
 from agestimate.runtime.sessions import OpenVINOSession, check_backend, providers_or_default, session_options
 
@@ -106,27 +108,28 @@ def weight_path(name: str, *, directory: str | Path | None = None) -> Path:
 
 def load_model(name: str, *, backend: str | None = None, providers=None, threads: int | None = None,
                precision: str = "auto", directory=None):
-    """Load a registered model as insightface's SCRFD or ArcFaceONNX, run by `backend`.
+    """Load a registered model as insightface's SCRFD (`SCRFDetector`) or ArcFaceONNX, run by `backend`.
 
-    ONNX Runtime sessions come from insightface's model zoo. On OpenVINO, insightface's SCRFD
-    keeps its pre- and post-processing and calls an `OpenVINOSession` instead, compiled once
-    per detector input size (as insightface does with ONNX Runtime).
+    The recogniser on ONNX Runtime comes from insightface's model zoo. The detector keeps
+    insightface's SCRFD pre- and post-processing (the latter faster, see `SCRFDetector`) over an
+    ONNX Runtime session or, on OpenVINO, an `OpenVINOSession`, compiled once per detector input
+    size (as insightface does with ONNX Runtime).
     """
     from insightface.model_zoo import get_model  # heavy import, deferred to first use
-    from insightface.model_zoo.scrfd import SCRFD
+
+    from agestimate.runtime.scrfd import SCRFDetector
 
     path = weight_path(name, directory=directory)
-    if check_backend(backend) == "openvino":
-        if name != "detector":
-            raise ValueError("load_model opens only the detector on OpenVINO; the recogniser is `DescriptorModel`")
-        session = OpenVINOSession(path.read_bytes(), precision=precision, threads=threads)
-        model = SCRFD(model_file=str(path), session=session,
-                      resolution_session_factory=lambda _file, size, reference: reference.reshaped([1, 3, size[1], size[0]]))
+    openvino = check_backend(backend) == "openvino"
+    if name == "detector" and openvino:
+        model = SCRFDetector(model_file=str(path), session=OpenVINOSession(path.read_bytes(), precision=precision, threads=threads),
+                             resolution_session_factory=lambda _file, size, reference: reference.reshaped([1, 3, size[1], size[0]]))
+    elif name == "detector":
+        model = SCRFDetector(model_file=str(path), session=onnxruntime.InferenceSession(
+            str(path), sess_options=session_options(threads), providers=providers_or_default(providers)))
+    elif openvino:
+        raise ValueError("load_model opens only the detector on OpenVINO; the recogniser is `DescriptorModel`")
     else:
-        model = get_model(
-            str(path),
-            providers=providers_or_default(providers),
-            sess_options=session_options(threads),
-        )
+        model = get_model(str(path), providers=providers_or_default(providers), sess_options=session_options(threads))
     logger.debug("loaded %s from %s with %s", name, path, model.session.get_providers())
     return model
