@@ -4,7 +4,8 @@
 
 On the same images (the first `count` of the UTKFace test split and of FG-NET):
 - recogniser ms per aligned crop (batches of 32, the default descriptor's tapped graph) on ONNX
-  Runtime fp32, OpenVINO f32 and, where the CPU has it, OpenVINO bf16; interleaved rounds, median;
+  Runtime fp32, OpenVINO f32, int8 (`agestimate.training.quantize`) and, where the CPU has it,
+  OpenVINO bf16; interleaved rounds, median (``ONEDNN_MAX_CPU_ISA=AVX2`` runs it as a CPU without bf16);
 - fidelity to ONNX Runtime fp32: cosine of the identity embeddings (mean, 1st percentile) and of
   the descriptor features, and the shift of SCRFD's five landmarks in pixels (median, max);
 - detector ms per image, each runtime, on the same images;
@@ -36,7 +37,8 @@ ROUNDS = 5
 
 
 def runtime_choices() -> dict[str, dict]:
-    choices = {"onnxruntime fp32": dict(backend="onnxruntime"), "openvino f32": dict(backend="openvino", precision="f32")}
+    choices = {"onnxruntime fp32": dict(backend="onnxruntime"), "openvino f32": dict(backend="openvino", precision="f32"),
+               "openvino int8": dict(backend="openvino", precision="int8")}
     if runtimes.cpu_has_bf16():
         choices["openvino bf16"] = dict(backend="openvino", precision="bf16")
     return choices

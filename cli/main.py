@@ -40,7 +40,7 @@ def _check_descriptor(context, parameter, value):
 def runtime_options(function):
     """--backend and --precision: what runs the face models (see `agestimate.runtime.sessions`)."""
     function = click.option("--precision", default="auto", show_default=True, type=click.Choice(PRECISIONS),
-                            help="OpenVINO precision: auto is bf16 where the CPU has it, else f32.")(function)
+                            help="OpenVINO precision: auto is bf16 where the CPU has it, else int8.")(function)
     return click.option("--backend", default=None, type=click.Choice(BACKENDS),
                         help="Runtime of the face models (default: onnxruntime when it offers CUDA, else openvino).")(function)
 

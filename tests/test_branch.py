@@ -64,8 +64,8 @@ def test_fine_tuning_changes_the_branch_and_its_onnx_runs_inside_the_recogniser(
 
     # the exported branch, merged into the recogniser, gives what the torch branch gives
     monkeypatch.setitem(REGISTRY, "adapted", REGISTRY["adapted"].__class__(
-        out.name, file_sha256(out), "test branch", shipped=True))
-    monkeypatch.setattr("agestimate.runtime.registry.SHIPPED_WEIGHTS", tmp_path)
+        out.name, file_sha256(out), "test branch", shipped=out.parent.name))
+    monkeypatch.setattr("agestimate.runtime.registry.WEIGHTS", out.parent.parent)
     _, features = DescriptorModel("grid509+adapted", backend="onnxruntime", threads=1)(crops)
     with torch.no_grad():
         expected = result["branch"].eval()(torch.from_numpy(maps_of(session, crops)).float()).numpy()
@@ -83,9 +83,10 @@ def test_augmented_views_are_crops_of_the_same_size_and_differ(crops):
 
 def test_the_shipped_branch_is_checked_before_use(tmp_path, monkeypatch):
     path = weight_path("adapted")  # the shipped file matches its pin
-    tampered = tmp_path / path.name
+    tampered = tmp_path / "branches" / path.name
+    tampered.parent.mkdir()
     tampered.write_bytes(path.read_bytes() + b"\0")
-    monkeypatch.setattr("agestimate.runtime.registry.SHIPPED_WEIGHTS", tmp_path)
+    monkeypatch.setattr("agestimate.runtime.registry.WEIGHTS", tmp_path)
     with pytest.raises(ModelFileError, match="SHA-256 does not match"):
         DescriptorModel("adapted", backend="onnxruntime")
 

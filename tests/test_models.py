@@ -3,14 +3,14 @@ import shutil
 import pytest
 
 from agestimate.errors import ModelFileError
-from agestimate.runtime.registry import REGISTRY, SHIPPED_WEIGHTS, load_model, weight_path, weights_dir
+from agestimate.runtime.registry import REGISTRY, WEIGHTS, load_model, weight_path, weights_dir
 from agestimate.runtime.sessions import default_providers
 
 
 def test_weights_are_found_in_the_installed_package_and_match_their_pins():
     for name, weight in REGISTRY.items():
         path = weight_path(name)
-        assert path.parent == (SHIPPED_WEIGHTS if weight.shipped else weights_dir()) and path.name == weight.filename
+        assert path.parent == (WEIGHTS / weight.shipped if weight.shipped else weights_dir()) and path.name == weight.filename
 
 
 def test_a_tampered_weight_file_is_refused_before_loading(tmp_path):

