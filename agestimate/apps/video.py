@@ -65,7 +65,8 @@ def predict_video(source, estimator: Estimator, *, every: int = 1, annotate_to: 
                     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
                     writer = cv2.VideoWriter(str(annotate_to), cv2.VideoWriter_fourcc(*"MJPG"), fps, (bgr.shape[1], bgr.shape[0]))
                 writer.write(cv2.cvtColor(draw_faces(rgb, faces), cv2.COLOR_RGB2BGR))
-            yield ImageResult(name, faces, frame=index, analysed=analysed)
+            yield ImageResult(name, faces, frame=index, analysed=analysed, width=bgr.shape[1], height=bgr.shape[0],
+                              model=estimator.model, runtime=estimator.encoder.runtime.as_dict())
             index += 1
     finally:
         capture.release()
