@@ -14,7 +14,7 @@ from agestimate.faces.encoder import AS_CONSTRUCTED, EncodedImage, FaceEncoder
 from agestimate.heads.calibration import DEFAULT_LEVEL, check_level
 from agestimate.heads.model import AgeGenderHeads, HeadOutputs
 from agestimate.io.images import DEFAULT_MAX_PIXELS
-from agestimate.results import Face, ImageResult, faces_from_outputs
+from agestimate.results import AGE_GROUPS, Face, ImageResult, faces_from_outputs  # noqa: F401 (AGE_GROUPS: its old home)
 from agestimate.runtime.registry import WEIGHTS
 
 DEFAULT_MODEL = WEIGHTS / "default"  # features of DEFAULT_DESCRIPTOR: one recogniser pass and the task branch
