@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from agestimate.evaluation.metrics import age_group, age_group_labels
-from agestimate.faces.encoder import EncodedImage, FaceEncoder
+from agestimate.faces.encoder import AS_CONSTRUCTED, EncodedImage, FaceEncoder
 from agestimate.heads.calibration import DEFAULT_LEVEL, check_level
 from agestimate.heads.model import AgeGenderHeads, HeadOutputs
 from agestimate.io.images import DEFAULT_MAX_PIXELS
-from agestimate.io.labels import GENDER_NAMES, UNKNOWN_GENDER
+from agestimate.results import AGE_GROUPS, Face, ImageResult, faces_from_outputs  # noqa: F401 (AGE_GROUPS: its old home)
 from agestimate.runtime.registry import WEIGHTS
 
 DEFAULT_MODEL = WEIGHTS / "default"  # features of DEFAULT_DESCRIPTOR: one recogniser pass and the task branch
@@ -23,99 +22,7 @@ FROZEN_MODEL = WEIGHTS / "frozen"  # grid509 alone: the pretrained recogniser's 
 FLIP_MODEL = WEIGHTS / "flip"  # the default's features averaged with the mirrored crop's: two passes
 EMBEDDING_MODEL = WEIGHTS / "embedding"  # plain 512-d ArcFace embeddings
 SHIPPED_MODELS = {"default": DEFAULT_MODEL, "frozen": FROZEN_MODEL, "flip": FLIP_MODEL, "embedding": EMBEDDING_MODEL}
-AGE_GROUPS = age_group_labels("adience8")
-
-
-@dataclass(frozen=True)
-class Face:
-    """One face and what the model says of it.
-
-    box : (x1, y1, x2, y2) in image pixels. landmarks : five (x, y) points (eyes, nose, mouth).
-    age : expected age in years (EVR). age_spread : standard deviation of the predicted age
-    distribution. age_interval : (low, high), the conformal interval of the true age at the
-    level asked for (default 0.8; NaN for an uncalibrated model; see `agestimate.heads.calibration`).
-    age_group : Adience-8 group of `age`. gender : "male" or "female", with gender_probability
-    its calibrated probability; both None for a model without a gender head. confidence :
-    agreement of the EVR age and the RAPL position in [0, 1] (probability mass of positions
-    within 3 years of `age`). track : in videos, the number of the track the face belongs to
-    (see `agestimate.apps.tracking`), else None.
-    """
-
-    box: tuple[float, float, float, float]
-    landmarks: tuple[tuple[float, float], ...]
-    detection_score: float
-    detection_method: str
-    age: float
-    age_spread: float
-    age_interval: tuple[float, float]
-    age_group: str
-    gender: str | None
-    gender_probability: float | None
-    confidence: float
-    track: int | None = None
-    embedding: np.ndarray | None = field(default=None, repr=False, compare=False)
-
-    def to_dict(self) -> dict:
-        result = {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "embedding"}
-        result["box"], result["landmarks"] = list(self.box), [list(point) for point in self.landmarks]
-        # JSON has no NaN or infinity: an end the model cannot give (no calibration, or too few
-        # calibration faces for the level) is None
-        result["age_interval"] = [end if np.isfinite(end) else None for end in self.age_interval]
-        if self.embedding is not None:
-            result["embedding"] = self.embedding.tolist()
-        return result
-
-
-@dataclass(frozen=True)
-class ImageResult:
-    """The faces of one image, or of one video frame, or why it could not be read.
-
-    source : the image's path (or a short description of an in-memory source), or the video's.
-    error, error_kind : why the source could not be read (see `ImageLoadError`), else None.
-    frame : index of the frame in a video, None for an image.
-    analysed : False for a video frame whose faces were carried over from an earlier frame.
-    image : the decoded RGB image, kept only when asked for (``return_image=True``), for `plot`.
-    """
-
-    source: str
-    faces: list[Face]
-    error: str | None = None
-    error_kind: str | None = None
-    frame: int | None = None
-    analysed: bool = True
-    image: np.ndarray | None = field(default=None, repr=False, compare=False)
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    def summary(self) -> list[dict]:
-        """One row per face (file, frame, face index, box x1..y2 in pixels to 0.1, the `Face`
-        fields without landmarks and embedding, the age interval as age_low and age_high, floats
-        to 4 decimals), or a single row whose
-        ``error`` says why there is no face: the reason the source could not be read, or "no face"."""
-        head = {"file": self.source, "frame": self.frame}
-        if not self.ok:
-            return [{**head, "error": self.error}]
-        if not self.faces:
-            return [{**head, "error": "no face"}]
-        rows = []
-        for index, face in enumerate(self.faces):
-            values = replace(face, embedding=None).to_dict()  # no list of 512 floats to drop
-            x1, y1, x2, y2 = values.pop("box")
-            values.pop("landmarks")
-            values["age_low"], values["age_high"] = values.pop("age_interval")
-            rows.append({**head, "face": index, "x1": round(x1, 1), "y1": round(y1, 1), "x2": round(x2, 1),
-                         "y2": round(y2, 1), **{k: round(v, 4) if isinstance(v, float) else v for k, v in values.items()}})
-        return rows
-
-    def plot(self) -> np.ndarray:
-        """A copy of the image (RGB) with each face's box and "age (interval), gender" drawn on it."""
-        from agestimate.io.drawing import draw_faces
-
-        if self.image is None:
-            raise ValueError(f"{self.source}: the result holds no image; predict with return_image=True to plot it")
-        return draw_faces(self.image, self.faces)
+__all__ = ["Estimator", "Face", "ImageResult", "model_folder", "predict", "predict_batch", "predict_embeddings"]
 
 
 def model_folder(model=None) -> Path:
@@ -125,6 +32,11 @@ def model_folder(model=None) -> Path:
     return Path(model)
 
 
+def model_name(model=None) -> str:
+    """How results name `model`: a shipped model's name, else the folder given."""
+    return str(model or "default") if model is None or str(model) in SHIPPED_MODELS else str(model)
+
+
 class Estimator:
     """Face detection, descriptors and trained heads, loaded once and reused.
 
@@ -132,94 +44,116 @@ class Estimator:
     ----------
     model : folder with `model.json` and `heads.onnx`, or the name of a shipped model (see
         `SHIPPED_MODELS`; default: "default").
-    backend, precision, providers, threads, det_size, det_thresh, max_faces, crops : see `FaceEncoder`.
+    backend, precision, providers, threads, det_size, det_thresh : see `FaceEncoder`.
+    max_faces, crops : the defaults of `predict` and `predict_batch`, which take them per call
+        (see `FaceEncoder`; another value loads no model).
     """
 
     def __init__(self, model=None, *, backend=None, precision="auto", providers=None, threads=None, det_size=640,
                  det_thresh=0.5, max_faces=None, crops=False):
+        self.model = model_name(model)
         self.heads = AgeGenderHeads.load(model_folder(model), providers=providers)
         self.encoder = FaceEncoder(det_size=det_size, det_thresh=det_thresh, max_faces=max_faces, crops=crops,
                                    backend=backend, precision=precision, providers=providers, threads=threads,
                                    descriptor=self.heads.require_descriptor())
+        self._runtime = self.encoder.runtime.as_dict()
 
     @classmethod
     def load(cls, path, **options) -> Estimator:
         """An estimator over the model folder `path` (see the class parameters for `options`)."""
         return cls(path, **options)
 
-    def predict_embeddings(self, X, *, interval: float = DEFAULT_LEVEL) -> HeadOutputs:
-        """Head outputs for feature vectors of the model's descriptor (`heads.card["descriptor"]`),
-        shape (n, d), with age intervals at level `interval`. For plain ArcFace embeddings use
-        ``Estimator.load(EMBEDDING_MODEL)`` or `agestimate.predict_embeddings`."""
+    def predict_features(self, X, *, interval: float = DEFAULT_LEVEL) -> HeadOutputs:
+        """Head outputs for feature vectors of the model's descriptor (`heads.card["descriptor"]`,
+        as `FaceEncoder` computes them beside the embeddings), shape (n, d), with age intervals at
+        level `interval`. For plain 512-d ArcFace embeddings use `agestimate.predict_embeddings`."""
         return self.heads.predict(X, interval=interval)
 
-    def _faces(self, encoded: EncodedImage, return_embedding: bool, interval: float = DEFAULT_LEVEL) -> list[Face]:
-        outputs = self.heads.predict(encoded.features, interval=interval)
-        groups = age_group(outputs.age, "adience8")
-        faces = []
-        for i, detection in enumerate(encoded.faces):
-            female, code = float(outputs.gender_prob_female[i]), int(outputs.gender[i])
-            faces.append(Face(
-                box=tuple(float(v) for v in detection.box),
-                landmarks=tuple((float(x), float(y)) for x, y in detection.landmarks),
-                detection_score=detection.score,
-                detection_method=detection.method,
-                age=float(outputs.age[i]),
-                age_spread=float(outputs.age_spread[i]),
-                age_interval=(float(outputs.age_low[i]), float(outputs.age_high[i])),
-                age_group=AGE_GROUPS[groups[i]],
-                gender=None if code == UNKNOWN_GENDER else GENDER_NAMES[code],
-                gender_probability=None if code == UNKNOWN_GENDER else (female if code == 1 else 1 - female),
-                confidence=float(outputs.confidence[i]),
-                embedding=encoded.embeddings[i].copy() if return_embedding else None,
-            ))
-        return faces
+    def predict_embeddings(self, X, *, interval: float = DEFAULT_LEVEL) -> HeadOutputs:
+        """Deprecated name of `predict_features` (it takes the descriptor's features, not embeddings)."""
+        warnings.warn("Estimator.predict_embeddings is deprecated: use Estimator.predict_features (features of the "
+                      "model's descriptor); agestimate.predict_embeddings takes 512-d embeddings", FutureWarning,
+                      stacklevel=2)
+        return self.predict_features(X, interval=interval)
 
-    def predict(self, image, *, return_embedding: bool = False, max_pixels=DEFAULT_MAX_PIXELS,
-                interval: float = DEFAULT_LEVEL) -> list[Face]:
+    def _results(self, encoded_images: list[EncodedImage], return_embedding: bool, interval: float) -> list[ImageResult]:
+        """An `ImageResult` per encoded image, the heads run once over the faces of all of them."""
+        features = [encoded.features for encoded in encoded_images if encoded.error is None and len(encoded.faces)]
+        outputs = self.heads.predict(np.concatenate(features), interval=interval) if features else None
+        results, start = [], 0
+        for encoded in encoded_images:
+            common = {"width": encoded.width, "height": encoded.height, "model": self.model, "runtime": dict(self._runtime)}
+            if encoded.error is not None:
+                results.append(ImageResult(encoded.source, [], encoded.error.reason, encoded.error.kind, **common))
+                continue
+            count = len(encoded.faces)
+            faces = [] if not count else faces_from_outputs(
+                outputs.subset(slice(start, start + count)), encoded.faces,
+                encoded.embeddings if return_embedding else None)
+            start += count
+            results.append(ImageResult(encoded.source, faces, image=encoded.image, **common))
+        return results
+
+    def predict(self, image, *, max_faces=AS_CONSTRUCTED, crops=AS_CONSTRUCTED, return_embedding: bool = False,
+                return_image: bool = True, max_pixels=DEFAULT_MAX_PIXELS, interval: float = DEFAULT_LEVEL) -> ImageResult:
         """Every face in one image (any source `load_image` takes), largest first, with age
-        intervals at level `interval`.
+        intervals at level `interval`: an `ImageResult`, a sequence of `Face` that keeps the
+        decoded image (for `ImageResult.plot` and `save`; ``return_image=False``: not).
 
+        max_faces, crops : for this call (default: the estimator's; see `FaceEncoder`).
         Raises `ImageLoadError` when the image cannot be read.
         """
         check_level(interval)
-        encoded = self.encoder.encode(image, max_pixels=max_pixels)
+        encoded = self.encoder.encode(image, max_pixels=max_pixels, keep_image=return_image, max_faces=max_faces,
+                                      crops=crops)
         if encoded.error is not None:
             raise encoded.error
-        return self._faces(encoded, return_embedding, interval)
+        return self._results([encoded], return_embedding, interval)[0]
 
     def predict_batch(self, images: Iterable, *, batch_size: int = 32, show_progress: bool = False,
-                      return_embedding: bool = False, return_image: bool = False,
-                      max_pixels=DEFAULT_MAX_PIXELS, interval: float = DEFAULT_LEVEL) -> Iterator[ImageResult]:
+                      max_faces=AS_CONSTRUCTED, crops=AS_CONSTRUCTED, return_embedding: bool = False,
+                      return_image: bool = False, max_pixels=DEFAULT_MAX_PIXELS,
+                      interval: float = DEFAULT_LEVEL) -> Iterator[ImageResult]:
         """One `ImageResult` per image, lazily and in input order, with age intervals at level
-        `interval`; a bad image gives an error record.
+        `interval`; a bad image gives an error record. The options are those of `predict`.
 
         Results are not held back to fill a batch: when the next image is not ready within
         `agestimate.faces.encoder.PATIENCE` (0.1 s; a camera that stalls, say), the images already
-        prepared come out, faces or not. With ``return_image=True`` each result keeps its
+        prepared come out, faces or not. The heads run once per batch of faces. With
+        ``return_image=True`` each result keeps its
         decoded image (`ImageResult.plot`); up to about 3 x `batch_size` are then in memory.
         """
         check_level(interval)
         total = len(images) if show_progress and hasattr(images, "__len__") else None
-        encoded_images = self.encoder.encode_batch(images, batch_size=batch_size, max_pixels=max_pixels,
-                                                   keep_image=return_image)
-        for encoded in tqdm(encoded_images, total=total, disable=not show_progress, unit="img", dynamic_ncols=True):
-            if encoded.error is not None:
-                yield ImageResult(encoded.source, [], encoded.error.reason, encoded.error.kind)
-            else:
-                yield ImageResult(encoded.source, self._faces(encoded, return_embedding, interval), image=encoded.image)
+        batches = self.encoder.encode_batches(images, batch_size=batch_size, max_pixels=max_pixels,
+                                              keep_image=return_image, max_faces=max_faces, crops=crops)
+        with tqdm(total=total, disable=not show_progress, unit="img", dynamic_ncols=True) as progress:
+            for batch in batches:
+                for result in self._results(batch, return_embedding, interval):
+                    progress.update()
+                    yield result
 
 
 @functools.lru_cache(maxsize=4)
-def _estimator(max_faces=None, backend=None) -> Estimator:
-    return Estimator(max_faces=max_faces, backend=backend)
+def _estimator(model=None, backend=None) -> Estimator:
+    """The estimator of `model` on `backend`, loaded once: the per-call options (max_faces, crops)
+    are no part of this key, so they never load a second detector or recogniser."""
+    return Estimator(model, backend=backend)
 
 
-def predict(image, *, max_faces: int | None = None, return_embedding: bool = False,
-            backend: str | None = None, interval: float = DEFAULT_LEVEL) -> list[Face]:
-    """Age and gender of every face in `image` with the default model (loaded once, on first use);
-    `interval` is the level of `Face.age_interval`."""
-    return _estimator(max_faces, backend).predict(image, return_embedding=return_embedding, interval=interval)
+def _shipped_key(model):
+    """One cache key per model: None and "default" are the same one."""
+    return None if model is None or str(model) == "default" else str(model)
+
+
+def predict(image, *, model=None, max_faces: int | None = None, crops: bool = False, return_embedding: bool = False,
+            max_pixels=DEFAULT_MAX_PIXELS, backend: str | None = None, interval: float = DEFAULT_LEVEL) -> ImageResult:
+    """Age and gender of every face in `image` (see `Estimator.predict`) with `model` (default: the
+    default model; loaded once, on first use); `interval` is the level of `Face.age_interval`.
+    Returns an `ImageResult`: iterate over it for the `Face`s, or plot, save, `to_json`, `to_pandas` it."""
+    return _estimator(_shipped_key(model), backend).predict(
+        image, max_faces=max_faces, crops=crops, return_embedding=return_embedding, max_pixels=max_pixels,
+        interval=interval)
 
 
 def predict_embeddings(embeddings, *, interval: float = DEFAULT_LEVEL) -> HeadOutputs:
@@ -235,11 +169,11 @@ def _embedding_heads() -> AgeGenderHeads:
     return AgeGenderHeads.load(EMBEDDING_MODEL)
 
 
-def predict_batch(images: Iterable, *, batch_size: int = 32, show_progress: bool = False,
-                  max_faces: int | None = None, backend: str | None = None,
+def predict_batch(images: Iterable, *, model=None, batch_size: int = 32, show_progress: bool = False,
+                  max_faces: int | None = None, crops: bool = False, return_embedding: bool = False,
+                  return_image: bool = False, max_pixels=DEFAULT_MAX_PIXELS, backend: str | None = None,
                   interval: float = DEFAULT_LEVEL) -> Iterator[ImageResult]:
-    """`Estimator.predict_batch` on the default model."""
-    return _estimator(max_faces, backend).predict_batch(images, batch_size=batch_size, show_progress=show_progress,
-                                                        interval=interval)
-
-
+    """`Estimator.predict_batch` with `model` (default: the default model), the options of `predict`."""
+    return _estimator(_shipped_key(model), backend).predict_batch(
+        images, batch_size=batch_size, show_progress=show_progress, max_faces=max_faces, crops=crops,
+        return_embedding=return_embedding, return_image=return_image, max_pixels=max_pixels, interval=interval)

@@ -86,10 +86,10 @@ def main() -> None:
     known = test_records.gender >= 0
     calibrated_female = test.uncertainty["prob_female"]
     result["utkface_test"]["gender_ece_before_temperature"] = expected_calibration_error(
-        test_raw.gender_prob_female[known], test_records.gender[known])
+        test_raw.prob_female[known], test_records.gender[known])
     rng = np.random.default_rng(0)  # the noise of an ECE over ~2,000 faces: bootstrap over the faces
     resamples = [rng.choice(np.flatnonzero(known), known.sum()) for _ in range(200)]
-    for key, probability in (("gender_ece", calibrated_female), ("gender_ece_before_temperature", test_raw.gender_prob_female)):
+    for key, probability in (("gender_ece", calibrated_female), ("gender_ece_before_temperature", test_raw.prob_female)):
         values = [expected_calibration_error(probability[i], test_records.gender[i]) for i in resamples]
         result["utkface_test"][f"{key}_bootstrap_95"] = [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
     fg_shipped = person_fold_evaluation(args.model, fg, calibration_sources=[(utk, "val")])

@@ -73,7 +73,7 @@ def features_at(records, size: int, batch_size: int = 32) -> np.ndarray:
 def metrics(fitted, features, age, gender, keys=("mae", "cs5", "mae_60plus", "gender_accuracy")) -> dict:
     """The `keys` of `agestimate.evaluation.metrics.summary` for the heads `fitted` on `features`, rounded."""
     predicted = fitted.predict(features)
-    result = summary(age, predicted["age"], gender_true=gender, gender_pred=gender_codes(predicted["gender_prob_female"]))
+    result = summary(age, predicted["age"], gender_true=gender, gender_pred=gender_codes(predicted["prob_female"]))
     return {key: round(result[key], 4) for key in keys}
 
 

@@ -406,14 +406,9 @@ def predict(sources, model, out, annotate, recursive, max_faces, crops, batch_si
     and one row with the reason for each image or frame with no face or an error. Videos (.mp4,
     .avi, ...) and --webcam give one row per face per frame, faces tracked and smoothed along
     their track (column track), and an annotated .avi with --annotate."""
-    import time
-    from collections import Counter
-
-    from agestimate.apps.run import predict_sources
-    from agestimate.apps.video import video_name
-    from agestimate.estimator import Estimator
-    from agestimate.io.predictions import PredictionWriter, check_output
-    from agestimate.io.sources import expand_sources
+    from agestimate.apps.run import EngineOptionError
+    from agestimate.apps.run import predict as predict_run
+    from agestimate.io.predictions import check_output
 
     if not sources and webcam is None:
         raise click.UsageError("give SOURCES or --webcam")
@@ -422,77 +417,14 @@ def predict(sources, model, out, annotate, recursive, max_faces, crops, batch_si
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--out") from error
     _engine_arguments(engine, ray_address, actors)  # refuses Ray options without --engine ray
-    found = expand_sources(sources, recursive=recursive)
-    for pattern in found.unmatched:
-        click.echo(f"warning: no file matches {pattern}", err=True)
-    if engine == "ray":
-        if webcam is not None or annotate or neighbours_store or found.videos:
-            raise click.UsageError("--engine ray scores image files; videos, --webcam, --annotate and --neighbours "
-                                   "run with --engine local")
-        return _predict_on_ray(found.images, out, model, batch_size, ray_address, actors, threads, max_faces, crops,
-                               interval, backend, precision)
-    estimator = Estimator(model, max_faces=max_faces, crops=crops, threads=threads, backend=backend, precision=precision)
-    writer = PredictionWriter(out)
-    if writer.scored:
-        found.images = [path for path in found.images if str(path) not in writer.scored]
-        found.videos = [path for path in found.videos if video_name(path) not in writer.scored]
-        click.echo(f"{out}: {len(writer.scored)} images and videos already scored, skipped (delete it to score them "
-                   "again)", err=True)
-    videos = {video_name(video) for video in found.videos + ([webcam] if webcam is not None else [])}
-    counts, video_times, started = Counter(), {}, time.perf_counter()
-    neighbours = None
-    if neighbours_store:
-        from agestimate.store.neighbours import StoreNeighbours
-
-        neighbours = StoreNeighbours(neighbours_store)
     try:
-        last = started
-        for result in predict_sources(found, estimator=estimator, webcam=webcam, batch_size=batch_size, every=every,
-                                      max_frames=max_frames, annotate=annotate, show_progress=True, interval=interval,
-                                      return_embedding=neighbours is not None):
-            evidence = neighbours(result.faces, k=k) if neighbours is not None and result.frame is None else None
-            rows = result.summary()
-            for row in rows:
-                if evidence is not None and "face" in row:
-                    row["neighbours"] = [neighbour.to_dict() for neighbour in evidence[row["face"]]]
-            writer.write(rows)
-            counts["frames" if result.frame is not None else "videos" if result.source in videos else "images"] += 1
-            counts["faces"] += len(result.faces)
-            counts["no face" if result.ok and not result.faces else result.error_kind or "ok"] += 1
-            now = time.perf_counter()
-            if result.frame is not None:  # frames of a video, from the end of what came before it
-                frames, first, _ = video_times.get(result.source, (0, last, last))
-                video_times[result.source] = (frames + 1, first, now)
-            last = now
-    finally:
-        writer.close()
-        if neighbours is not None:
-            neighbours.close()
-    seconds = time.perf_counter() - started
-    for name, (frames, first, end) in video_times.items():
-        took = end - first
-        click.echo(f"{name}: {frames} frames in {took:.1f} s, {frames / max(took, 1e-9):.1f} frames/s "
-                   f"(every {every}. frame analysed)", err=True)
-    errors = {kind: n for kind, n in counts.items() if kind not in ("images", "videos", "frames", "faces", "ok", "no face")}
-    ignored = f", {len(found.ignored)} other files ignored" if found.ignored else ""
-    click.echo(f"{counts['images']} images, {counts['frames']} video frames, {counts['faces']} faces, "
-               f"{counts['no face']} images or frames without a face, errors: {errors or 'none'}{ignored}; "
-               f"{(counts['images'] + counts['frames']) / max(seconds, 1e-9):.1f} images/s, frames included "
-               f"({estimator.encoder.runtime.backend} {estimator.encoder.runtime.precision})", err=True)
-
-
-def _predict_on_ray(paths, out, model, batch_size, ray_address, actors, threads, max_faces, crops, interval, backend,
-                    precision) -> None:
-    from agestimate.apps.distributed import predict as predict_on_ray
-
-    summary = predict_on_ray(paths, out=out, model=model, batch_size=batch_size, ray_address=ray_address, actors=actors,
-                             threads=threads, max_faces=max_faces, crops=crops, interval=interval, backend=backend,
-                             precision=precision)
-    if summary["skipped"]:
-        click.echo(f"{out}: {summary['skipped']} images already scored, skipped (delete it to score them again)", err=True)
-    click.echo(f"{summary['images']} images, {summary['faces']} faces, {summary['no_face']} without a face, "
-               f"{summary['errors']} errors; {summary['images'] / max(summary['seconds'], 1e-9):.1f} images/s "
-               f"(ray, {summary['actors']} actors)", err=True)
+        predict_run(sources, out, engine=engine, model=model, recursive=recursive, webcam=webcam, batch_size=batch_size,
+                    every=every, max_frames=max_frames, annotate=annotate, neighbours=neighbours_store, k=k,
+                    interval=interval, max_faces=max_faces, crops=crops, threads=threads, backend=backend,
+                    precision=precision, ray_address=ray_address, actors=actors, show_progress=engine == "local",
+                    report=lambda line: click.echo(line, err=True))
+    except EngineOptionError as error:
+        raise click.UsageError(str(error)) from error
 
 
 @cli.command()

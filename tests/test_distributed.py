@@ -149,7 +149,8 @@ def _writer_once_read(pipe, exclude=()):
 def test_an_actor_killed_mid_run_loses_and_repeats_nothing(face_folder, tmp_path):
     """One input is a named pipe: the actor reading it blocks there, mid-run, and is killed.
     Ray restarts it and retries its work; the pipe is then fed a photo, and the job finishes."""
-    from agestimate.apps.distributed import predict
+    from agestimate.apps.run import predict
+    from agestimate.io.sources import Sources
 
     paths = sorted(str(p) for p in face_folder.iterdir())
     pipe = tmp_path / "pipe.jpg"
@@ -157,7 +158,8 @@ def test_an_actor_killed_mid_run_loses_and_repeats_nothing(face_folder, tmp_path
     paths.insert(len(paths) // 2, str(pipe))
     out = tmp_path / "rows.jsonl"
     summary = {}
-    job = threading.Thread(target=lambda: summary.update(predict(paths, out=out, actors=1, batch_size=2)))
+    job = threading.Thread(target=lambda: summary.update(
+        predict(Sources(images=paths), out, engine="ray", actors=1, batch_size=2).as_dict()))
     job.start()
     descriptor, first = _writer_once_read(pipe)
     wait_until(lambda: out.exists() and out.read_text(), what="the rows before the pipe's batch are written")

@@ -64,7 +64,7 @@ def test_learns_age_and_gender(fitted):
     predicted = fitted.predict(X_val)
     assert np.abs(predicted["age"] - age_val).mean() < 0.5 * baseline
     known = gender_val >= 0
-    assert ((predicted["gender_prob_female"] > 0.5) == gender_val)[known].mean() > 0.8
+    assert ((predicted["prob_female"] > 0.5) == gender_val)[known].mean() > 0.8
 
 
 def test_faces_with_only_a_gender_train_the_gender_head_and_not_the_age_heads():
@@ -83,7 +83,7 @@ def test_faces_with_only_a_gender_train_the_gender_head_and_not_the_age_heads():
     baseline = np.abs(age_val - age[:N_TRAIN].mean()).mean()
     assert np.abs(predicted["age"] - age_val).mean() < 0.5 * baseline
     known = gender_val >= 0
-    assert ((predicted["gender_prob_female"] > 0.5) == gender_val)[known].mean() > 0.8
+    assert ((predicted["prob_female"] > 0.5) == gender_val)[known].mean() > 0.8
     assert set(fitted.position_ages.tolist()) == set(age[:N_TRAIN][~no_age[:N_TRAIN]].tolist())
 
 
@@ -195,7 +195,7 @@ def test_onnx_heads_match_torch(fitted, model_dir):
     np.testing.assert_allclose(out.age, reference["age"].numpy(), atol=1e-4)
     np.testing.assert_allclose(out.age_probs, reference["age_probs"].numpy(), atol=1e-5)
     female = torch.softmax(reference["gender_logits"], dim=1)[:, 1].numpy()
-    np.testing.assert_allclose(out.gender_prob_female, female, atol=1e-5)
+    np.testing.assert_allclose(out.prob_female, female, atol=1e-5)
     position_probs = torch.softmax(reference["position_logits"], dim=1).numpy()
     np.testing.assert_allclose(out.position_age, fitted.position_ages[position_probs.argmax(axis=1)])
     within = np.abs(out.age[:, None] - fitted.position_ages[None, :]) <= 3  # Eq. 12 per face, t = 3 years
@@ -238,7 +238,7 @@ def test_ablation_variants_export(tmp_path, regression, use_rapl, use_gender):
     np.testing.assert_allclose(out.age_probs.sum(axis=1), 1.0, atol=1e-5)
     assert len(heads.position_ages) == (len(fitted.position_ages) if use_rapl else 101)
     if not use_gender:
-        assert (out.gender == -1).all() and (out.gender_prob_female == 0.5).all()
+        assert (out.gender == -1).all() and (out.prob_female == 0.5).all()
 
 
 def test_old_ages_are_clipped_and_logged(caplog):

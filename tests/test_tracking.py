@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from agestimate.apps.tracking import FaceTracker, box_iou
-from agestimate.estimator import Face
+from agestimate.results import Face
 from agestimate.heads.calibration import AgeCalibration
 
 from conftest import random_unit_vectors

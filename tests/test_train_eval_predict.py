@@ -159,12 +159,12 @@ def test_estimator_predicts_every_face_of_the_group_photo(trained, players_path)
     faces = estimator.predict(players_path, return_embedding=True)
     assert len(faces) == 22
     encoded = estimator.encoder.encode(players_path)
-    outputs = estimator.predict_embeddings(encoded.features)
+    outputs = estimator.predict_features(encoded.features)
     assert np.allclose(outputs.age, [f.age for f in faces], atol=1e-4)
     assert np.allclose(outputs.age_spread, [f.age_spread for f in faces], atol=1e-4)
     assert np.allclose(outputs.confidence, [f.confidence for f in faces], atol=1e-4)
     assert [f.gender for f in faces] == [GENDER_NAMES[code] for code in outputs.gender]
-    female = outputs.gender_prob_female
+    female = outputs.prob_female
     assert np.allclose([f.gender_probability for f in faces], np.where(outputs.gender == 1, female, 1 - female), atol=1e-5)
     assert np.allclose(np.stack([f.embedding for f in faces]), encoded.embeddings)
     assert [f.box for f in faces] == [tuple(float(v) for v in face.box) for face in encoded.faces]

@@ -311,7 +311,7 @@ def fine_tune(work, *, epochs: int = 14, batch_size: int = 64, lr_branch: float 
         val = _predict(model, val_maps, batch_size=256, device=device)
         record = {"epoch": epoch, "train_loss": float(np.mean(losses)),
                   "val_mae": float(np.nanmean(np.abs(val["age"].numpy() - val_labels["age"]))),
-                  "val_gender": gender_accuracy(val_labels["gender"], gender_codes(val["gender_prob_female"].numpy())),
+                  "val_gender": gender_accuracy(val_labels["gender"], gender_codes(val["prob_female"].numpy())),
                   "seconds": round(time.perf_counter() - started, 1)}
         history.append(record)
         print(json.dumps(record), file=sys.stderr, flush=True)

@@ -172,7 +172,7 @@ def _predict(model: AgeGenderNet, X: np.ndarray, *, batch_size: int, device: tor
             females.append(torch.softmax(out["gender_logits"], dim=-1)[:, 1].cpu())
     result = {"age": torch.cat(ages)}
     if females:
-        result["gender_prob_female"] = torch.cat(females)
+        result["prob_female"] = torch.cat(females)
     return result
 
 

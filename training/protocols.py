@@ -58,7 +58,7 @@ def fit_on(train: FaceRecords, val: FaceRecords | None, options: HeadOptions, de
 def predict_with(fitted: FittedHeads, records: FaceRecords) -> Evaluation:
     """Measure a trained (torch) model on `records`."""
     outputs = fitted.predict(records.features)
-    female = outputs.get("gender_prob_female")
+    female = outputs.get("prob_female")
     gender = gender_codes(np.zeros(len(records)) if female is None else female, uses_gender=female is not None)
     return measure(records, outputs["age"], gender)
 

@@ -8,7 +8,7 @@ local path; nothing below them knows it runs on Ray.
 
 Resources: each actor asks Ray for `cpus_per_actor` CPUs (default 1) and runs its models with as
 many threads; where the cluster has GPUs, each actor asks for one and runs ONNX Runtime with
-CUDA. The number of actors defaults to one per GPU, else to one per CPU. `predict` and `embed`
+CUDA. The number of actors defaults to one per GPU, else to one per CPU. `score_files` and `embed`
 hand the actors paths held in memory, so they take every CPU; `score_dataset` and
 `embed_dataset` take any dataset, and by default leave one CPU to its read tasks (a pool
 holding every CPU starves the reads of a `ray.data.read_*` dataset, and the job hangs).
@@ -27,7 +27,6 @@ import logging
 import math
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -216,54 +215,43 @@ def score_dataset(dataset, *, model=None, batch_size: int = 32, actors: int | No
     return dataset.map_batches(ImageScorer, fn_constructor_kwargs=constructor, **_map_options(resources, batch_size))
 
 
-def predict(paths: Iterable[str | Path], *, out: str | Path | None = None, model=None, batch_size: int = 32,
-            ray_address: str | None = None, actors: int | None = None, cpus_per_actor: float = 1.0,
-            gpus_per_actor: float | None = None, threads: int | None = None, max_faces: int | None = None,
-            crops: bool = False, interval: float = DEFAULT_LEVEL, backend: str | None = None,
-            precision: str = "auto") -> dict:
-    """Score image files on Ray and write the rows to `out` (CSV, JSON Lines or Parquet; None: CSV
-    on stdout), the rows and files of the local `agestimate predict`, in no particular order.
-    `paths` may hold Parquet files (suffix .parquet): lists of image paths (see `read_path_list`).
+def expand_path_lists(sources: Iterable[str | Path]) -> list[str]:
+    """Image paths, once each, in order: a source with the suffix .parquet is a list of image
+    paths (see `read_path_list`), any other an image path."""
+    return list(dict.fromkeys(path for source in sources for path in
+                              (read_path_list(source) if str(source).endswith(".parquet") else [str(source)])))
 
-    Resumable: the files already in an existing `out` are skipped (see `agestimate.io.predictions`).
-    Each file is scored once even when Ray retries the work of a failed actor.
 
-    Returns counts: images, faces, no_face, errors, skipped (already in `out`), actors, seconds.
-    """
-    from agestimate.io.predictions import PredictionWriter, table_rows
+def score_files(paths: list[str], *, model=None, batch_size: int = 32, ray_address: str | None = None,
+                actors: int | None = None, cpus_per_actor: float = 1.0, gpus_per_actor: float | None = None,
+                threads: int | None = None, max_faces: int | None = None, crops: bool = False,
+                interval: float = DEFAULT_LEVEL, backend: str | None = None,
+                precision: str = "auto") -> Iterator[tuple[int, list[dict]]]:
+    """Score image files on Ray: (actors, the prediction rows of one image) per image, in no
+    particular order, each image once even when Ray retries the work of a failed actor. What is
+    written, resumed and counted is `agestimate.apps.run.predict`'s (``engine="ray"``)."""
+    from agestimate.io.predictions import table_rows
 
-    started = time.perf_counter()
-    counts, resources = Counter(), {"actors": 0}
-    with PredictionWriter(out) as writer:
-        unique = list(dict.fromkeys(path for source in paths for path in
-                                    (read_path_list(source) if str(source).endswith(".parquet") else [str(source)])))
-        todo = [path for path in unique if path not in writer.scored]
-        counts["skipped"] = len(unique) - len(todo)
-        if todo:
-            with ray_session(ray_address):
-                resources = actor_resources(actors, cpus_per_actor, gpus_per_actor)
-                rows = score_dataset(paths_dataset(todo, batch_size=batch_size), model=model, batch_size=batch_size,
-                                     actors=resources["actors"], cpus_per_actor=cpus_per_actor,
-                                     gpus_per_actor=resources["num_gpus"],
-                                     threads=threads, max_faces=max_faces, crops=crops, interval=interval, backend=backend,
-                                     precision=precision)
-                done: set[str] = set()
-                for table in rows.iter_batches(batch_size=None, batch_format="pyarrow"):
-                    new = [row for row in table_rows(table) if row["file"] not in done]
-                    counts["duplicates_dropped"] += table.num_rows - len(new)
-                    done.update(row["file"] for row in new)
-                    writer.write(new)
-                    for row in new:
-                        counts["faces"] += "face" in row
-                        counts["no_face"] += row.get("error") == "no face"
-                        counts["errors"] += "error" in row and row["error"] != "no face"
-                counts["images"] = len(done)
-    if counts["duplicates_dropped"]:
-        logger.warning("%d rows of images scored twice (work retried after a failure) were dropped",
-                       counts["duplicates_dropped"])
-    return {"images": counts["images"], "faces": counts["faces"], "no_face": counts["no_face"],
-            "errors": counts["errors"], "skipped": counts["skipped"], "actors": resources["actors"],
-            "seconds": round(time.perf_counter() - started, 2)}
+    dropped = 0
+    with ray_session(ray_address):
+        resources = actor_resources(actors, cpus_per_actor, gpus_per_actor)
+        rows = score_dataset(paths_dataset(paths, batch_size=batch_size), model=model, batch_size=batch_size,
+                             actors=resources["actors"], cpus_per_actor=cpus_per_actor,
+                             gpus_per_actor=resources["num_gpus"], threads=threads, max_faces=max_faces, crops=crops,
+                             interval=interval, backend=backend, precision=precision)
+        done: set[str] = set()
+        for table in rows.iter_batches(batch_size=None, batch_format="pyarrow"):
+            images: dict[str, list[dict]] = {}  # the rows of one image are contiguous
+            for row in table_rows(table):
+                images.setdefault(row["file"], []).append(row)
+            for name, image_rows in images.items():
+                if name in done:
+                    dropped += len(image_rows)
+                    continue
+                done.add(name)
+                yield resources["actors"], image_rows
+    if dropped:
+        logger.warning("%d rows of images scored twice (work retried after a failure) were dropped", dropped)
 
 
 # -- embedding -----------------------------------------------------------------------------

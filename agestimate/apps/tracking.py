@@ -28,11 +28,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from agestimate.estimator import AGE_GROUPS
-from agestimate.evaluation.metrics import age_group
 from agestimate.heads.calibration import DEFAULT_LEVEL, MIN_SPREAD, AgeCalibration, check_level, logit, sigmoid
-from agestimate.heads.model import gender_codes
-from agestimate.io.labels import GENDER_NAMES
+from agestimate.results import predicted_face
 
 MIN_SIMILARITY = 0.35  # cosine; same person in consecutive frames is typically 0.7+, different people below 0.2
 WINDOW = 30  # analysed frames pooled per track
@@ -107,10 +104,8 @@ class FaceTracker:
             else:
                 track.embedding = _unit(0.8 * track.embedding + 0.2 * embeddings[i])
             track.missed = 0
-            if face.gender is None:  # a model without a gender head
-                gender_logit = float("nan")
-            else:
-                gender_logit = float(logit(face.gender_probability if face.gender == "female" else 1 - face.gender_probability))
+            female = face.prob_female  # None for a model without a gender head
+            gender_logit = float("nan") if female is None else float(logit(female))
             track.observations.append((face.age, max(face.age_spread, MIN_SPREAD), gender_logit, face.confidence))
             track.face = self._smoothed(face, track)
             shown.append(track)
@@ -143,14 +138,10 @@ class FaceTracker:
             low = high = float("nan")
         else:
             low, high = (float(end[0]) for end in self.calibration.interval([age], [spread], self.interval))
-        gender, probability = None, None
-        if not np.isnan(logits).all():
-            female = float(sigmoid(np.nanmean(logits)))
-            gender, probability = GENDER_NAMES[int(gender_codes([female])[0])], max(female, 1 - female)
-        return dataclasses.replace(
-            face, age=age, age_spread=spread, age_interval=(low, high), age_group=AGE_GROUPS[int(age_group([age], "adience8")[0])],
-            gender=gender, gender_probability=probability, confidence=float(confidences.mean()), track=track.number,
-            embedding=None)
+        female = None if np.isnan(logits).all() else float(sigmoid(np.nanmean(logits)))
+        return predicted_face(box=face.box, landmarks=face.landmarks, detection_score=face.detection_score,
+                              detection_method=face.detection_method, age=age, age_spread=spread, age_interval=(low, high),
+                              prob_female=female, confidence=float(confidences.mean()), track=track.number)
 
     def follow(self, previous_gray: np.ndarray, gray: np.ndarray) -> list:
         """The faces of the last analysed frame, their boxes and landmarks moved from the grey

@@ -10,9 +10,10 @@ import cv2
 
 from agestimate.apps.tracking import FaceTracker
 from agestimate.errors import ImageLoadError
-from agestimate.estimator import Estimator, ImageResult
+from agestimate.estimator import Estimator
 from agestimate.heads.calibration import DEFAULT_LEVEL
 from agestimate.io.drawing import draw_faces
+from agestimate.results import ImageResult
 
 
 def video_name(source) -> str:
@@ -54,9 +55,9 @@ def predict_video(source, estimator: Estimator, *, every: int = 1, annotate_to: 
             previous_gray, gray = gray, cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY) if tracker and every > 1 else None
             analysed = index % every == 0
             if analysed and tracker:
-                faces = tracker.update(estimator.predict(rgb, return_embedding=True, interval=interval))
+                faces = tracker.update(estimator.predict(rgb, return_embedding=True, return_image=False, interval=interval).faces)
             elif analysed:
-                faces = estimator.predict(rgb, interval=interval)
+                faces = estimator.predict(rgb, interval=interval, return_image=False).faces
             elif tracker:
                 faces = tracker.follow(previous_gray, gray)
             if annotate_to is not None:
@@ -64,7 +65,8 @@ def predict_video(source, estimator: Estimator, *, every: int = 1, annotate_to: 
                     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
                     writer = cv2.VideoWriter(str(annotate_to), cv2.VideoWriter_fourcc(*"MJPG"), fps, (bgr.shape[1], bgr.shape[0]))
                 writer.write(cv2.cvtColor(draw_faces(rgb, faces), cv2.COLOR_RGB2BGR))
-            yield ImageResult(name, faces, frame=index, analysed=analysed)
+            yield ImageResult(name, faces, frame=index, analysed=analysed, width=bgr.shape[1], height=bgr.shape[0],
+                              model=estimator.model, runtime=estimator.encoder.runtime.as_dict())
             index += 1
     finally:
         capture.release()

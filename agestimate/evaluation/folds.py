@@ -58,7 +58,7 @@ def person_fold_evaluation(model, store, *, calibration_sources=(), folds: int =
         age, spread = outputs.age[held_out], outputs.age_spread[held_out]
         for level, (low, high) in intervals.items():
             low[held_out], high[held_out] = calibration.age.interval(age, spread, level)
-        female = outputs.gender_prob_female[held_out]
+        female = outputs.prob_female[held_out]
         prob_female[held_out] = female if calibration.gender is None else calibration.gender.apply(female, age)
         prob_under[held_out] = calibration.age.probability_below(age, spread, MINOR_AGE)
     result = measure(records, outputs.age, outputs.gender,

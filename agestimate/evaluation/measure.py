@@ -79,7 +79,7 @@ def predict_records(heads: AgeGenderHeads, records: FaceRecords, *, levels=INTER
     if heads.calibration is not None:
         uncertainty = {
             "intervals": {level: heads.calibration.age.interval(outputs.age, outputs.age_spread, level) for level in levels},
-            "prob_female": outputs.gender_prob_female,
+            "prob_female": outputs.prob_female,
             "prob_under_18": heads.calibration.age.probability_below(outputs.age, outputs.age_spread, MINOR_AGE),
         }
     return measure(records, outputs.age, outputs.gender, uncertainty=uncertainty)

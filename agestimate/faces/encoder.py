@@ -42,6 +42,21 @@ METHODS = ("detected", "padded", "template")
 PATIENCE = 0.1
 
 
+class _AsConstructed:
+    def __repr__(self) -> str:
+        return "AS_CONSTRUCTED"
+
+
+# The default of the per-call options of `FaceEncoder` (max_faces, crops): the encoder's own.
+AS_CONSTRUCTED = _AsConstructed()
+
+
+def check_max_faces(max_faces: int | None) -> int | None:
+    if max_faces is not None and max_faces < 1:
+        raise ValueError(f"max_faces must be at least 1 or None, got {max_faces}")
+    return max_faces
+
+
 @dataclass(frozen=True)
 class FaceDetection:
     """One face found in an image, in that image's pixel coordinates.
@@ -100,6 +115,8 @@ class FaceEncoder:
     max_faces : keep at most this many faces per image, largest first (None: all).
     crops : the inputs are tight face crops; when no face is detected, align the whole
         image with `CROP_TEMPLATE` instead of reporting no face.
+        Both are defaults: `detect`, `encode` and `encode_batch` take them per call too (no
+        model is loaded for another value).
     backend : "openvino" or "onnxruntime" (default: ONNX Runtime when it offers CUDA, else
         OpenVINO; see `agestimate.runtime.sessions`). The choice is in `runtime`.
     precision : OpenVINO's precision: "auto" (bf16 where the CPU has it, else int8), "bf16", "f32", "int8"
@@ -124,8 +141,7 @@ class FaceEncoder:
         model_dir=None,
         descriptor: str = DEFAULT_DESCRIPTOR,
     ):
-        if max_faces is not None and max_faces < 1:
-            raise ValueError(f"max_faces must be at least 1 or None, got {max_faces}")
+        check_max_faces(max_faces)
         self.det_size = det_size
         self.det_thresh = det_thresh
         self.max_faces = max_faces
@@ -146,27 +162,33 @@ class FaceEncoder:
         """SCRFD boxes (n, 5: x1, y1, x2, y2, score) and landmarks (n, 5, 2) at one input size."""
         return self.detector.detect(bgr, input_size=(size, size), det_thresh=self.det_thresh)
 
-    def detect(self, image: np.ndarray) -> list[FaceDetection]:
-        """Faces in an RGB image, largest first.
+    def _options(self, max_faces, crops) -> tuple[int | None, bool]:
+        """The per-call `max_faces` and `crops`, the encoder's own where not given."""
+        max_faces = self.max_faces if max_faces is AS_CONSTRUCTED else check_max_faces(max_faces)
+        return max_faces, self.crops if crops is AS_CONSTRUCTED else bool(crops)
+
+    def detect(self, image: np.ndarray, *, max_faces=AS_CONSTRUCTED, crops=AS_CONSTRUCTED) -> list[FaceDetection]:
+        """Faces in an RGB image, largest first (at most `max_faces`; default: the encoder's).
 
         Tries, in this order, stopping at the first that finds a face: the image at a detector
         size that does not upscale it; half that size (faces that fill the frame); the image
-        padded by 25% on each side; and, with ``crops=True``, the crop template.
+        padded by 25% on each side; and, with ``crops=True`` (default: the encoder's), the crop template.
         """
+        max_faces, crops = self._options(max_faces, crops)
         bgr = np.ascontiguousarray(image[:, :, ::-1])
         height, width = bgr.shape[:2]
         size = _detector_size(max(height, width), self.det_size)
         for attempt_size in dict.fromkeys([size, _detector_size(size // 2, self.det_size)]):
             boxes, landmarks = self._run_detector(bgr, attempt_size)
             if len(boxes):
-                return self._keep_largest(boxes, landmarks, "detected")
+                return self._keep_largest(boxes, landmarks, "detected", max_faces)
         pad = int(PAD_FRACTION * max(height, width))
         padded = cv2.copyMakeBorder(bgr, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
         boxes, landmarks = self._run_detector(padded, _detector_size(max(padded.shape[:2]), self.det_size))
         if len(boxes):
             boxes[:, :4] -= pad
-            return self._keep_largest(boxes, landmarks - pad, "padded")
-        if self.crops:
+            return self._keep_largest(boxes, landmarks - pad, "padded", max_faces)
+        if crops:
             return [
                 FaceDetection(
                     box=np.array([0, 0, width, height], np.float32),
@@ -177,9 +199,10 @@ class FaceEncoder:
             ]
         return []
 
-    def _keep_largest(self, boxes: np.ndarray, landmarks: np.ndarray, method: str) -> list[FaceDetection]:
+    @staticmethod
+    def _keep_largest(boxes: np.ndarray, landmarks: np.ndarray, method: str, max_faces: int | None) -> list[FaceDetection]:
         areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-        order = np.argsort(-areas, kind="stable")[: self.max_faces]
+        order = np.argsort(-areas, kind="stable")[:max_faces]
         return [
             FaceDetection(
                 box=boxes[i, :4].astype(np.float32),
@@ -202,22 +225,25 @@ class FaceEncoder:
         return self.describer(aligned)
 
     # -- whole images ----------------------------------------------------------------------
-    def _prepare(self, source, max_pixels, keep_image):
+    def _prepare(self, source, max_pixels, keep_image, max_faces=AS_CONSTRUCTED, crops=AS_CONSTRUCTED):
         """Decode, detect and align one source (in a worker thread of `encode_batch`)."""
         name = describe_source(source)
         try:
             image = load_image(source, max_pixels=max_pixels)
         except ImageLoadError as error:
             return EncodedImage(source=name, error=error), None
-        faces = self.detect(image)
+        faces = self.detect(image, max_faces=max_faces, crops=crops)
         encoded = EncodedImage(source=name, faces=faces, width=image.shape[1], height=image.shape[0],
                                image=image if keep_image else None)
         return encoded, self.align(image, faces)
 
-    def encode(self, source, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, keep_image: bool = False) -> EncodedImage:
+    def encode(self, source, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, keep_image: bool = False,
+               max_faces=AS_CONSTRUCTED, crops=AS_CONSTRUCTED) -> EncodedImage:
         """Faces and embeddings of one image source; errors are returned, not raised. In the
-        caller's thread: no prefetching threads for a single image (a request, a video frame)."""
-        return next(self._embed_pending([self._prepare(source, max_pixels, keep_image)]))
+        caller's thread: no prefetching threads for a single image (a request, a video frame).
+        `max_faces`, `crops`: as for `detect`."""
+        max_faces, crops = self._options(max_faces, crops)
+        return self._embed_pending([self._prepare(source, max_pixels, keep_image, max_faces, crops)])[0]
 
     def encode_batch(
         self,
@@ -227,6 +253,8 @@ class FaceEncoder:
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         workers: int = 1,
         keep_image: bool = False,
+        max_faces=AS_CONSTRUCTED,
+        crops=AS_CONSTRUCTED,
     ) -> Iterator[EncodedImage]:
         """Encode many sources lazily, in input order, one `EncodedImage` each.
 
@@ -238,28 +266,41 @@ class FaceEncoder:
 
         keep_image : keep each decoded RGB image in its result (`EncodedImage.image`), e.g. to
             draw on it; up to about 3 x `batch_size` decoded images are then held in memory.
+        max_faces, crops : as for `detect`.
         """
+        for batch in self.encode_batches(sources, batch_size=batch_size, max_pixels=max_pixels, workers=workers,
+                                         keep_image=keep_image, max_faces=max_faces, crops=crops):
+            yield from batch
+
+    def encode_batches(self, sources: Iterable, *, batch_size: int = 64, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                       workers: int = 1, keep_image: bool = False, max_faces=AS_CONSTRUCTED,
+                       crops=AS_CONSTRUCTED) -> Iterator[list[EncodedImage]]:
+        """`encode_batch` one recogniser call at a time: lists of `EncodedImage`, in input order
+        (for work that is batched over the faces of several images, such as the heads)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         pending: list[tuple[EncodedImage, np.ndarray | None]] = []
         pending_faces = 0
-        prepare = lambda s: self._prepare(s, max_pixels, keep_image)  # noqa: E731
+        max_faces, crops = self._options(max_faces, crops)
+        prepare = lambda s: self._prepare(s, max_pixels, keep_image, max_faces, crops)  # noqa: E731
         for item in prefetched(prepare, sources, depth=2 * batch_size, workers=workers, patience=PATIENCE):
             if item is not WAITING:
                 pending.append(item)
                 pending_faces += len(item[0].faces)
             # a full batch of faces, or of images (faceless ones too), or nothing else ready yet
             if pending and (item is WAITING or pending_faces >= batch_size or len(pending) >= batch_size):
-                yield from self._embed_pending(pending)
+                yield self._embed_pending(pending)
                 pending, pending_faces = [], 0
-        yield from self._embed_pending(pending)
+        if pending:
+            yield self._embed_pending(pending)
 
-    def _embed_pending(self, pending) -> Iterator[EncodedImage]:
+    def _embed_pending(self, pending) -> list[EncodedImage]:
         crops = [aligned for _, aligned in pending if aligned is not None and len(aligned)]
         embeddings, features = self.embed(np.concatenate(crops) if crops else [])
-        start = 0
+        start, done = 0, []
         for encoded, _ in pending:
             count = len(encoded.faces)
-            yield dataclasses.replace(encoded, embeddings=embeddings[start : start + count],
-                                      features=features[start : start + count])
+            done.append(dataclasses.replace(encoded, embeddings=embeddings[start : start + count],
+                                            features=features[start : start + count]))
             start += count
+        return done

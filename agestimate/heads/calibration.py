@@ -254,5 +254,5 @@ def fit_calibration(outputs, true_age, gender=None, *, source: dict | None = Non
     aged = ~np.isnan(true_age)
     age = AgeCalibration.fit(outputs.age[aged], outputs.age_spread[aged], true_age[aged], group_edges=group_edges)
     has_gender = gender is not None and (np.asarray(gender) >= 0).any() and (outputs.gender >= 0).any()
-    return Calibration(age, GenderCalibration.fit(outputs.gender_prob_female, gender, outputs.age) if has_gender else None,
+    return Calibration(age, GenderCalibration.fit(outputs.prob_female, gender, outputs.age) if has_gender else None,
                        {"faces": int(len(true_age)), **(source or {})})

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,7 +68,7 @@ class HeadOutputs:
         calibration; see `agestimate.heads.calibration`).
     age_probs : ndarray of float32, shape (N, max_age + 1)
         Probability of each age 0..max_age.
-    gender_prob_female : ndarray of float32, shape (N,)
+    prob_female : ndarray of float32, shape (N,)
         P(female), temperature-scaled when the model is calibrated; 0.5 for a model trained
         without gender.
     gender : ndarray of int64, shape (N,)
@@ -83,13 +84,20 @@ class HeadOutputs:
     age_low: np.ndarray
     age_high: np.ndarray
     age_probs: np.ndarray
-    gender_prob_female: np.ndarray
+    prob_female: np.ndarray
     gender: np.ndarray
     position_age: np.ndarray
     confidence: np.ndarray
 
     def __len__(self) -> int:
         return len(self.age)
+
+    @property
+    def gender_prob_female(self) -> np.ndarray:
+        """Deprecated name of `prob_female`."""
+        warnings.warn("HeadOutputs.gender_prob_female is deprecated: use HeadOutputs.prob_female (P(female))",
+                      FutureWarning, stacklevel=2)
+        return self.prob_female
 
     def subset(self, mask) -> HeadOutputs:
         """The rows selected by a boolean mask or an index array."""
@@ -277,7 +285,7 @@ class AgeGenderHeads:
             age_low=age_low,
             age_high=age_high,
             age_probs=age_probs,
-            gender_prob_female=female,
+            prob_female=female,
             gender=gender,
             position_age=self.position_ages[position_probs.argmax(axis=1)],
             confidence=np.clip(confidence, 0.0, 1.0),
