@@ -278,6 +278,10 @@ class EmbeddingStore:
         row = self._db.execute("SELECT n_faces FROM images WHERE sha256 = ?", (sha256,)).fetchone()
         return None if row is None else row[0]
 
+    def stored_images(self) -> dict[str, int]:
+        """{content SHA-256: number of faces} of every image in the record (see `image_faces`)."""
+        return dict(self._db.execute("SELECT sha256, n_faces FROM images"))
+
     def add_image(self, sha256: str, width: int, height: int, faces: list[FaceDetection], embeddings: np.ndarray,
                   features: np.ndarray) -> bool:
         """Record an image, its faces, their embeddings and features in one transaction.
