@@ -61,7 +61,7 @@ def worker(part: str, args) -> dict:
             for call in range(args.range_calls):
                 queries = vectors[call * 100:(call + 1) * 100]
                 started = time.perf_counter()
-                limits, _, ids = store.range_search(queries, args.threshold)
+                limits, _, _ = store.range_search(queries, args.threshold)
                 times.append(time.perf_counter() - started)
                 hits.append(int(limits[-1]))
             result.update(first_call_ms=1000 * times[0], later_ms_per_call=1000 * float(np.mean(times[1:])),
