@@ -169,3 +169,24 @@ def test_two_writers_store_each_image_once_and_leave_a_consistent_index(tmp_path
         assert len(ids) == 6 and store.summary()["images"] == 4
         assert np.array_equal(faiss.vector_to_array(store.index.id_map), ids)
         assert np.array_equal(store.index.index.reconstruct_n(0, len(ids)), vectors)
+
+
+def test_one_codec_packs_faces_for_the_store_and_the_ray_rows():
+    from agestimate.store.codec import pack_faces, unpack_faces
+
+    faces = [detection(i) for i in range(3)]
+    embeddings, features = random_unit_vectors(3, seed=1), random_unit_vectors(3, 768, seed=2)
+    packed = pack_faces(faces, embeddings, features)
+    rows = list(packed.rows())  # the store's rows, one per face
+    assert len(rows) == 3 and rows[1][2:4] == (faces[1].score, faces[1].method)
+    for unpacked in (unpack_faces(**{k: packed.as_dict()[k] for k in ("boxes", "landmarks", "embeddings", "features")},
+                                  dim=512, feature_dim=768, scores=packed.scores, methods=packed.methods),
+                     unpack_faces([r[0] for r in rows], [r[1] for r in rows], [r[4] for r in rows], [r[5] for r in rows],
+                                  dim=512, feature_dim=768, scores=[r[2] for r in rows], methods=[r[3] for r in rows])):
+        assert np.array_equal(unpacked.box, np.array([f.box for f in faces], np.float32))
+        assert np.array_equal(unpacked.landmarks, np.array([f.landmarks for f in faces], np.float32))
+        assert np.array_equal(unpacked.embedding, embeddings) and np.array_equal(unpacked.features, features)
+        assert unpacked.method == [f.method for f in faces] and np.allclose(unpacked.score, [f.score for f in faces])
+    empty = pack_faces([], np.zeros((0, 512)), np.zeros((0, 768)))
+    assert list(empty.rows()) == [] and unpack_faces(empty.boxes, empty.landmarks, empty.embeddings, empty.features,
+                                                      dim=512, feature_dim=768, methods=empty.methods).method == []

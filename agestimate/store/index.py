@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import threading
 from pathlib import Path
 
 import faiss
@@ -283,6 +284,7 @@ class EmbeddingIndex:
         self.unsaved = False  # the index differs from the file at `path`
         self.generation = 0
         self._restrictions: dict = {}
+        self._lock = threading.Lock()  # searches from several threads share the caches
         self._range_nprobe: dict[float, int] = {}
         self._gpu = None  # (key, resources, GPU index)
         self._gpus: int | None = None
@@ -380,10 +382,13 @@ class EmbeddingIndex:
         """The prepared `Restriction` to the ids `among`, reused while the index and the ids stay the same."""
         among = np.ascontiguousarray(among, dtype=np.int64)
         key = (self.generation, among.shape, hashlib.blake2b(among.tobytes(), digest_size=16).digest())
-        restriction = self._restrictions.pop(key, None) or Restriction(self.faiss, among)
-        self._restrictions[key] = restriction  # the most recent last
-        while len(self._restrictions) > self.RESTRICTIONS_KEPT:
-            self._restrictions.pop(next(iter(self._restrictions)))
+        with self._lock:
+            restriction = self._restrictions.pop(key, None)
+        restriction = restriction or Restriction(self.faiss, among)
+        with self._lock:
+            self._restrictions[key] = restriction  # the most recent last
+            while len(self._restrictions) > self.RESTRICTIONS_KEPT:
+                self._restrictions.pop(next(iter(self._restrictions)))
         return restriction
 
     def _searched(self) -> faiss.Index:
