@@ -57,6 +57,7 @@ class PackedFaces:
 
     @property
     def count(self) -> int:
+        """The number of faces."""
         return len(self.boxes) // (4 * int(np.prod(BOX_SHAPE)))
 
 
