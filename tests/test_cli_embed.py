@@ -128,3 +128,32 @@ def test_labels_with_only_an_age_or_only_a_gender_are_kept_and_counted_apart(fac
     by_name = {path.rsplit("/", 1)[1]: (age, gender) for path, age, gender in zip(labelled.path, labelled.age, labelled.gender)}
     assert np.isnan(by_name[names[0]][0]) and by_name[names[0]][1] == 1
     assert by_name[names[2]] == (30, -1) and by_name[names[3]] == (41, 0)
+
+
+def test_embed_reads_each_file_once_and_settles_copies_within_the_run(face_folder, tmp_path, monkeypatch):
+    import builtins
+    import io
+    from collections import Counter
+
+    bad = add_bad_files(face_folder)
+    images = sorted(face_folder.glob("*.chip.jpg"))
+    (face_folder / "zz_copy.jpg").write_bytes(images[0].read_bytes())  # copies met in the same run
+    (face_folder / "zz_copy_notes.jpg").write_bytes((face_folder / "notes.jpg").read_bytes())
+    reads = Counter()
+
+    def counted(opener):
+        def open_(file, *args, **kwargs):
+            if str(file).startswith(str(face_folder)):
+                reads[str(file)] += 1
+            return opener(file, *args, **kwargs)
+        return open_
+
+    with monkeypatch.context() as patched:
+        patched.setattr(io, "open", counted(io.open))
+        patched.setattr(builtins, "open", counted(builtins.open))
+        summary = json.loads(run("embed", face_folder, "--store", tmp_path / "store", "--json").stdout)
+    assert set(reads.values()) == {1} and len(reads) == 16 + len(bad) + 2  # every file read, once
+    assert summary["embedded"] == 16 and summary["already_stored"] == 1 and summary["errors"] == 4
+    with EmbeddingStore(tmp_path / "store") as db:
+        files = {path.rsplit("/", 1)[1]: (status, kind) for path, status, kind in db.files()}
+    assert files["zz_copy.jpg"] == ("embedded", None) and files["zz_copy_notes.jpg"] == ("error", "not an image")

@@ -204,8 +204,7 @@ def test_embed_on_ray_fills_the_store_the_local_engine_fills(face_folder, tmp_pa
         assert ours.sha256[order].tolist() == reference.sha256[reference_order].tolist()
         assert np.abs(ours.embedding[order] - reference.embedding[reference_order]).max() < 0.02
         assert np.array_equal(ours.age[order], reference.age[reference_order], equal_nan=True)
-        files = sorted(b._db.execute("SELECT path, status, kind FROM files").fetchall())
-        assert files == sorted(a._db.execute("SELECT path, status, kind FROM files").fetchall())
+        assert b.files() == a.files()
     # a crash after an image was stored but before its file was recorded: resumed without duplicates
     with sqlite3.connect(distributed / "store.sqlite") as db:
         db.execute("DELETE FROM files WHERE path LIKE '%45_0_0%' OR path LIKE '%notes.jpg'")

@@ -50,7 +50,7 @@ def assert_complete(store, count):
     """Every image once, each labelled with its own age, and an index that agrees with the record."""
     with EmbeddingStore(store) as db:
         summary = db.summary()
-        ids, vectors = db._all_embeddings()
+        ids, vectors = db.embeddings()
         assert np.array_equal(np.asarray(db.index.index.reconstruct_n(0, db.index.ntotal)), vectors)
         assert np.array_equal(faiss_ids(db.index), ids)
         labelled = db.faces(labelled=True, primary=True)

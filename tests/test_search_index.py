@@ -85,7 +85,7 @@ def test_the_store_keeps_its_index_choice(tmp_path):
     vectors = clustered_unit_vectors(1200, dim=512)
     path = clustered_store(tmp_path / "s", vectors, index="ivf")
     store = EmbeddingStore(path)
-    assert store.index_kind == "ivf" and index_kind(store.index) == "ivf" and not store._index_unsaved  # saved at close
+    assert store.index_kind == "ivf" and index_kind(store.index) == "ivf" and store.index_saved  # saved at close
     assert store.summary()["index"].startswith("ivf (nlist ")
     similarities, ids = store.search(vectors[7], k=3)
     assert ids[0, 0] == 8 and similarities[0, 0] == pytest.approx(1.0, abs=1e-5)  # face ids start at 1
@@ -113,4 +113,54 @@ def test_faces_added_later_join_the_saved_ivf_index_without_retraining(tmp_path)
     assert faiss.read_index(str(path / INDEX)).ntotal == 1300 and np.array_equal(cells(), trained)  # not retrained
     with EmbeddingStore(path) as store:
         assert store.search(vectors[1250], k=1)[1][0, 0] == 1251  # face ids start at 1
-        assert not store._index_unsaved  # the saved file matched the record
+        assert store.index_saved  # the saved file matched the record
+
+
+def test_an_embedding_index_prepares_a_restriction_once_per_version_and_answers_as_without_it(monkeypatch):
+    vectors = clustered_unit_vectors(600)
+    index = search_index.EmbeddingIndex.from_vectors(vectors[:500], np.arange(1, 501), kind="flat")
+    among = np.arange(1, 501, 3)
+    made = []
+    original = search_index.Restriction.__init__
+    monkeypatch.setattr(search_index.Restriction, "__init__", lambda self, *a: made.append(1) or original(self, *a))
+    first = index.search(vectors[:20], 5, among=among)
+    again = index.search(vectors[:20], 5, among=among.copy())  # the same ids, another array
+    assert len(made) == 1 and all(np.array_equal(a, b) for a, b in zip(first, again))
+    limits, _, ids = index.range_search(vectors[:20], 0.3, among=among)
+    assert len(made) == 1 and np.isin(ids, among).all()
+    full = index.range_search(vectors[:20], 0.3)
+    assert limits[-1] == np.isin(full[2], among).sum()
+    exact = faiss.knn(vectors[:20], vectors[:500][among - 1], 5, metric=faiss.METRIC_INNER_PRODUCT)[1]
+    assert np.array_equal(first[1], among[exact])  # what an index of those faces alone finds
+    index.add(np.arange(501, 601), vectors[500:])  # a new version: prepared again, the new faces in it
+    assert index.generation == 2 and np.isin(index.search(vectors[550], 1, among=[551, 552])[1], [551]).all()
+    assert len(made) == 2
+
+
+def test_one_gpu_copy_per_index_version(monkeypatch):
+    copies = []
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1, raising=False)
+    monkeypatch.setattr(faiss, "StandardGpuResources", object, raising=False)
+    monkeypatch.setattr(faiss, "index_cpu_to_gpu", lambda resources, device, index: copies.append(index) or index,
+                        raising=False)
+    vectors = clustered_unit_vectors(300)
+    index = search_index.EmbeddingIndex.from_vectors(vectors[:200], kind="flat")
+    for _ in range(3):
+        assert index.search(vectors[:2], 1)[1][:, 0].tolist() == [0, 1]
+    assert len(copies) == 1
+    index.add(np.arange(200, 300), vectors[200:])
+    assert index.search(vectors[250], 1)[1][0, 0] == 250 and len(copies) == 2  # the new version copied once
+
+
+def test_an_ivf_range_search_tunes_nprobe_once_per_threshold(monkeypatch):
+    vectors = clustered_unit_vectors(1500, dim=512)
+    vectors[750:760] = vectors[:10] + 0.01
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = search_index.EmbeddingIndex.from_vectors(vectors, kind="ivf")
+    tunings = []
+    original = search_index.tune_for_range
+    monkeypatch.setattr(search_index, "tune_for_range", lambda *a, **kw: tunings.append(a[2]) or original(*a, **kw))
+    nprobe = faiss.downcast_index(index.faiss.index).nprobe
+    results = [index.range_search(vectors[:20], 0.95) for _ in range(3)]
+    assert tunings == [0.95] and faiss.downcast_index(index.faiss.index).nprobe == nprobe  # put back each time
+    assert all(np.array_equal(r[2], results[0][2]) for r in results) and {750, 751} <= set(results[0][2].tolist())

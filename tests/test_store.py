@@ -75,15 +75,15 @@ def test_a_damaged_or_stale_index_is_brought_up_to_date_with_the_record(tmp_path
     else:  # an index saved before the last images were recorded (a killed run)
         store = EmbeddingStore(tmp_path / "s")
         store.add_image("f" * 64, 1, 1, [detection(0)], random_unit_vectors(1, seed=9), random_unit_vectors(1, 768))
-        store._db.close()
+        del store  # killed: never closed, the index not saved
     store = EmbeddingStore(tmp_path / "s")
     assert "rebuilding" not in caplog.text  # opening is cheap: the index is read on first use
     assert store.index.ntotal == (13 if damage == "stale" else 12)
     if damage == "stale":  # the face recorded after the save joins the saved index: no rebuild
-        assert "rebuilding" not in caplog.text and store._index_unsaved
+        assert "rebuilding" not in caplog.text and not store.index_saved
     else:
         assert "rebuilding it from the record" in caplog.text
-    ids, stored = store._all_embeddings()
+    ids, stored = store.embeddings()
     assert np.array_equal(np.asarray(store.index.index.reconstruct_n(0, store.index.ntotal)), stored)
     assert len(ids) == (13 if damage == "stale" else 12)
     assert np.array_equal(stored[:12], vectors)
@@ -123,7 +123,7 @@ def test_a_changed_file_points_at_its_new_content_and_prune_forgets_the_old(tmp_
         assert store.summary()["images"] == 2 and store.summary()["stale_images"] == 0
         assert store.index.ntotal == 2
     with EmbeddingStore(tmp_path / "s") as store:  # the saved index agrees with the record
-        ids, vectors = store._all_embeddings()
+        ids, vectors = store.embeddings()
         assert np.array_equal(store.index.index.reconstruct_n(0, store.index.ntotal), vectors)
 
 
@@ -147,7 +147,7 @@ def test_opening_reads_no_embeddings_when_the_index_is_current(tmp_path, monkeyp
     with sqlite3.connect(tmp_path / "s" / "store.sqlite") as db:  # as a store written before index versions
         db.execute("DELETE FROM meta WHERE key = 'index_version'")
     assert EmbeddingStore(tmp_path / "s").index.ntotal == 12  # checked against the record once, then trusted
-    monkeypatch.setattr(EmbeddingStore, "_all_embeddings", lambda self: pytest.fail("read every embedding"))
+    monkeypatch.setattr(EmbeddingStore, "embeddings", lambda self: pytest.fail("read every embedding"))
     with EmbeddingStore(tmp_path / "s") as store:
         assert store.summary()["index_faces"] == 12 and len(store.faces(labelled=True)) == 12
         assert store.search(random_unit_vectors(1), k=2)[1].shape == (1, 2)
@@ -165,7 +165,28 @@ def test_two_writers_store_each_image_once_and_leave_a_consistent_index(tmp_path
     second.close()
     first.close()
     with EmbeddingStore(tmp_path / "s") as store:
-        ids, vectors = store._all_embeddings()
-        assert len(ids) == 6 and store._db.execute("SELECT COUNT(*) FROM images").fetchone()[0] == 4
+        ids, vectors = store.embeddings()
+        assert len(ids) == 6 and store.summary()["images"] == 4
         assert np.array_equal(faiss.vector_to_array(store.index.id_map), ids)
         assert np.array_equal(store.index.index.reconstruct_n(0, len(ids)), vectors)
+
+
+def test_one_codec_packs_faces_for_the_store_and_the_ray_rows():
+    from agestimate.store.codec import pack_faces, unpack_faces
+
+    faces = [detection(i) for i in range(3)]
+    embeddings, features = random_unit_vectors(3, seed=1), random_unit_vectors(3, 768, seed=2)
+    packed = pack_faces(faces, embeddings, features)
+    rows = list(packed.rows())  # the store's rows, one per face
+    assert len(rows) == 3 and rows[1][2:4] == (faces[1].score, faces[1].method)
+    for unpacked in (unpack_faces(**{k: packed.as_dict()[k] for k in ("boxes", "landmarks", "embeddings", "features")},
+                                  dim=512, feature_dim=768, scores=packed.scores, methods=packed.methods),
+                     unpack_faces([r[0] for r in rows], [r[1] for r in rows], [r[4] for r in rows], [r[5] for r in rows],
+                                  dim=512, feature_dim=768, scores=[r[2] for r in rows], methods=[r[3] for r in rows])):
+        assert np.array_equal(unpacked.box, np.array([f.box for f in faces], np.float32))
+        assert np.array_equal(unpacked.landmarks, np.array([f.landmarks for f in faces], np.float32))
+        assert np.array_equal(unpacked.embedding, embeddings) and np.array_equal(unpacked.features, features)
+        assert unpacked.method == [f.method for f in faces] and np.allclose(unpacked.score, [f.score for f in faces])
+    empty = pack_faces([], np.zeros((0, 512)), np.zeros((0, 768)))
+    assert list(empty.rows()) == [] and unpack_faces(empty.boxes, empty.landmarks, empty.embeddings, empty.features,
+                                                      dim=512, feature_dim=768, methods=empty.methods).method == []

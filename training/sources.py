@@ -19,7 +19,7 @@ import numpy as np
 
 from agestimate.errors import StoreError
 from agestimate.faces.descriptors import normalise
-from agestimate.store.index import build_index, range_hits_among, restricted_search
+from agestimate.store.index import EmbeddingIndex
 from agestimate.store.store import EmbeddingStore, FaceRecords
 
 
@@ -111,7 +111,7 @@ def label_quality_exclusions(sources: LabelledSources, split: np.ndarray, *, lab
 
     train = split == "train"
     records = sources.records.replace(face_id=np.arange(len(split)))  # faces of several stores: rows as ids
-    index = _RecordsIndex(records)
+    index = EmbeddingIndex.from_vectors(normalise(records.embedding), records.face_id, kind="flat")  # as a store's search
     excluded = {}
     if label_outliers:
         indices, _ = find_label_outliers(index, records.subset(train))
@@ -126,24 +126,6 @@ def label_quality_exclusions(sources: LabelledSources, split: np.ndarray, *, lab
         mask[second[train[second] & held[first]]] = True
         excluded["near_duplicates_of_val_test"] = mask
     return excluded
-
-
-class _RecordsIndex:
-    """The searches of `EmbeddingStore` (`search`, `range_search`, restricted to `among`) over the
-    identity embeddings of `records` from several stores, whose face ids are their row numbers,
-    so that `agestimate.evaluation.hygiene` applies its rules to them unchanged."""
-
-    def __init__(self, records: FaceRecords):
-        self.index = build_index(normalise(records.embedding), records.face_id, kind="flat")
-
-    def search(self, queries, k=10, *, among=None):
-        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
-        found = None if among is None else restricted_search(self.index, queries, k, among)
-        return self.index.search(queries, k) if found is None else found
-
-    def range_search(self, queries, threshold, *, among=None):
-        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
-        return range_hits_among(*self.index.range_search(queries, threshold), among)
 
 
 def repeat_index(sources: LabelledSources, mask: np.ndarray, repeats=None) -> np.ndarray:

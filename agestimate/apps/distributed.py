@@ -30,12 +30,11 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-import numpy as np
-
 from agestimate.errors import AgestimateError, ImageLoadError
 from agestimate.faces.descriptors import DEFAULT_DESCRIPTOR
 from agestimate.heads.calibration import DEFAULT_LEVEL
 from agestimate.io.images import describe_source
+from agestimate.store.codec import pack_faces, unpack_faces
 
 logger = logging.getLogger(__name__)
 
@@ -288,16 +287,8 @@ class ImageEmbedder:
             if encoded.error is not None:
                 row.update(error_kind=encoded.error.kind, error_reason=encoded.error.reason)
             else:
-                faces = encoded.faces
-                row.update(
-                    width=encoded.width, height=encoded.height,
-                    boxes=np.array([f.box for f in faces], np.float32).tobytes(),
-                    landmarks=np.array([f.landmarks for f in faces], np.float32).tobytes(),
-                    scores=np.array([f.score for f in faces], np.float64).tobytes(),
-                    methods=",".join(f.method for f in faces),
-                    embeddings=np.ascontiguousarray(encoded.embeddings, np.float32).tobytes(),
-                    features=np.ascontiguousarray(encoded.features, np.float32).tobytes(),
-                )
+                row.update(width=encoded.width, height=encoded.height,
+                           **pack_faces(encoded.faces, encoded.embeddings, encoded.features).as_dict())
             rows.append(row)
         return pa.Table.from_pylist([{name: row.get(name) for name in _EMBEDDING_COLUMNS} for row in rows],
                                     schema=_embedding_schema())
@@ -317,15 +308,12 @@ def _encoded_image(row: dict, dim: int, feature_dim: int):
 
     if row["error_kind"] is not None:
         return EncodedImage(source=row["path"], error=ImageLoadError(row["path"], row["error_reason"], kind=row["error_kind"]))
-    methods = row["methods"].split(",") if row["methods"] else []
-    boxes = np.frombuffer(row["boxes"], np.float32).reshape(-1, 4)
-    landmarks = np.frombuffer(row["landmarks"], np.float32).reshape(-1, 5, 2)
-    scores = np.frombuffer(row["scores"], np.float64)
-    faces = [FaceDetection(box=boxes[i], landmarks=landmarks[i], score=float(scores[i]), method=methods[i])
-             for i in range(len(methods))]
+    stored = unpack_faces(row["boxes"], row["landmarks"], row["embeddings"], row["features"], dim=dim,
+                          feature_dim=feature_dim, scores=row["scores"], methods=row["methods"])
+    faces = [FaceDetection(box=stored.box[i], landmarks=stored.landmarks[i], score=float(stored.score[i]),
+                           method=stored.method[i]) for i in range(len(stored.method))]
     return EncodedImage(source=row["path"], faces=faces, width=row["width"], height=row["height"],
-                        embeddings=np.frombuffer(row["embeddings"], np.float32).reshape(-1, dim),
-                        features=np.frombuffer(row["features"], np.float32).reshape(-1, feature_dim))
+                        embeddings=stored.embedding, features=stored.features)
 
 
 def embed_dataset(dataset, *, batch_size: int = 64, actors: int | None = None, cpus_per_actor: float = 1.0,

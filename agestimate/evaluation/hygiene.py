@@ -18,7 +18,7 @@ import numpy as np
 
 from agestimate.errors import AgestimateError
 from agestimate.io.images import load_image
-from agestimate.store.store import CURRENT, EmbeddingStore, FaceRecords
+from agestimate.store.store import EmbeddingStore, FaceRecords
 
 DEFAULT_THRESHOLD = 0.9  # UTKFace: 501 pairs at 0.9, median age gap 2 years (same person, same shoot)
 
@@ -111,11 +111,8 @@ def hygiene_report(store, folder, *, threshold: float = DEFAULT_THRESHOLD, neigh
     try:
         summary = database.summary()
         records = database.faces(labelled=True, primary=True, descriptor="emb")
-        faces_per_image = dict(database._db.execute(
-            f"SELECT n_faces, COUNT(*) FROM images WHERE {CURRENT} GROUP BY n_faces ORDER BY n_faces").fetchall())
-        copies = database._db.execute(
-            "SELECT COUNT(*), COALESCE(SUM(n), 0) FROM (SELECT COUNT(*) AS n FROM files WHERE sha256 IS NOT NULL "
-            "GROUP BY sha256 HAVING n > 1)").fetchone()
+        faces_per_image = database.images_by_face_count()
+        copies = database.duplicate_files()
         first, second, similarity = near_duplicate_pairs(database, records, threshold=threshold)
         leaking = _crossing_the_split(records, first, second)
         outliers, medians = label_outliers(database, records, neighbours=neighbours, min_gap=min_gap)

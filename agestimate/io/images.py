@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +17,21 @@ DEFAULT_MAX_PIXELS = 40_000_000  # well above any camera photo, far below a deco
 SOURCE_TYPES = "a path (str or os.PathLike), bytes, a NumPy array or a PIL image"
 
 
+@dataclass(frozen=True)
+class FileBytes:
+    """The bytes of an image file, read once (e.g. to hash them too), decoded as that file would
+    be: errors name its path."""
+
+    path: str
+    data: bytes
+
+
 def describe_source(source) -> str:
     """A short name for a source in error messages."""
     if isinstance(source, (str, os.PathLike)):
         return str(source)
+    if isinstance(source, FileBytes):
+        return source.path
     if isinstance(source, (bytes, bytearray, memoryview)):
         return f"<{len(source)} bytes>"
     if isinstance(source, np.ndarray):
@@ -34,7 +46,7 @@ def load_image(source, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.nda
 
     Parameters
     ----------
-    source : path, bytes, ndarray or PIL.Image.Image
+    source : path, bytes, `FileBytes`, ndarray or PIL.Image.Image
         Arrays are taken as RGB (or gray, or RGBA); uint8 or uint16.
     max_pixels : refuse images with more pixels than this before decoding them (None: no limit).
 
@@ -52,6 +64,8 @@ def load_image(source, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.nda
         return _from_pil(source, name, max_pixels)
     if isinstance(source, (bytes, bytearray, memoryview)):
         stream = io.BytesIO(bytes(source))
+    elif isinstance(source, FileBytes):
+        stream = io.BytesIO(source.data)
     elif isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if path.is_dir():

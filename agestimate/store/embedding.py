@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import itertools
 import logging
 import os
+import queue
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -16,9 +19,10 @@ from tqdm import tqdm
 from agestimate.errors import ImageLoadError, LabelError
 from agestimate.faces.descriptors import DEFAULT_DESCRIPTOR
 from agestimate.faces.encoder import FaceEncoder
+from agestimate.io.images import FileBytes
 from agestimate.io.labels import FaceLabel, label_reader
 from agestimate.io.sources import expand_sources
-from agestimate.runtime.registry import REGISTRY, file_sha256
+from agestimate.runtime.registry import REGISTRY
 from agestimate.store.store import EmbeddingStore
 
 logger = logging.getLogger(__name__)
@@ -236,43 +240,69 @@ def embed(
     started = time.perf_counter()
     with recording(sources, store, labels=labels, descriptor=descriptor, index=index,
                    show_progress=show_progress) as (paths, summary, db, record):
+        candidates = [(path, stat) for path in paths if (stat := record.new_file(path)) is not None]
+        known = db.stored_images() if candidates else {}  # sha256 -> faces of the images stored before this run
+        deferred: queue.SimpleQueue = queue.SimpleQueue()  # files settled without encoding, recorded in this thread
         in_flight: dict[str, tuple[str, os.stat_result]] = {}  # path -> (sha256, stat) at the encoder
-        copies: dict[str, list] = {}  # sha256 at the encoder -> [(path, stat)] of other files with that content
+        seen: set[str] = set()  # contents sent to the encoder
 
-        def to_encode() -> list[Path]:
-            """Paths whose content is new; the others are settled here, in order (in this thread:
-            the encoder reads its sources in a thread of its own)."""
-            new = []
-            for path in paths:
-                stat = record.new_file(path)
-                if stat is None:
-                    continue
+        def contents():
+            """Each file with new content, read once: hashed here and decoded from the same bytes by
+            the encoder. Runs in the encoder's feeder thread; files with content stored before, copies
+            of content sent already and unreadable files go to `deferred` (the store is this thread's)."""
+            for path, stat in candidates:
                 try:
-                    sha256 = file_sha256(path)
+                    data = path.read_bytes()
                 except OSError as error:
-                    record.unreadable(path, error)
+                    deferred.put(("unreadable", path, stat, error))
                     continue
-                stored_faces = db.image_faces(sha256)
-                if stored_faces is not None:
-                    summary.already_stored += 1
-                    record.settle(path, stat, sha256, "embedded" if stored_faces else "no_face")
-                elif sha256 in copies:
-                    copies[sha256].append((path, stat))
+                sha256 = hashlib.sha256(data).hexdigest()
+                if sha256 in known:
+                    deferred.put(("stored", path, stat, sha256))
+                elif sha256 in seen:
+                    deferred.put(("copy", path, stat, sha256))
                 else:
-                    copies[sha256] = []
+                    seen.add(sha256)
                     in_flight[str(path)] = (sha256, stat)
-                    new.append(path)
-            return new
+                    yield FileBytes(str(path), data)
 
-        new_paths = to_encode()
-        encoder = None if not new_paths else FaceEncoder(  # with nothing new, the models are not even loaded
+        copies: dict[str, list] = {}  # sha256 at the encoder -> [(path, stat)] of other files with that content
+        recorded: dict[str, object] = {}  # sha256 -> the error or the number of faces of images recorded in this run
+
+        def settle_deferred() -> None:
+            while True:
+                try:
+                    what, path, stat, value = deferred.get_nowait()
+                except queue.Empty:
+                    return
+                if what == "unreadable":
+                    record.unreadable(path, value)
+                elif what == "stored":
+                    summary.already_stored += 1
+                    record.settle(path, stat, value, "embedded" if known[value] else "no_face")
+                elif value not in recorded:  # a copy of content still at the encoder
+                    copies.setdefault(value, []).append((path, stat))
+                elif isinstance(recorded[value], int):  # a copy of content recorded already
+                    summary.already_stored += 1
+                    record.settle(path, stat, value, "embedded" if recorded[value] else "no_face")
+                else:  # a copy of content that failed
+                    record.fail(path, stat, value, recorded[value].kind, recorded[value].reason)
+
+        sources = contents()
+        first = next(sources, None)  # in this thread: with nothing new, the models are not even loaded
+        settle_deferred()
+        encoder = None if first is None else FaceEncoder(
             det_size=det_size, det_thresh=det_thresh, max_faces=max_faces, crops=crops, backend=backend,
             precision=precision, providers=providers, threads=threads, descriptor=descriptor,
         )
         summary.runtime = encoder.runtime.as_dict() if encoder else None
-        encoded_images = [] if encoder is None else encoder.encode_batch(new_paths, batch_size=batch_size)
+        encoded_images = [] if encoder is None else encoder.encode_batch(itertools.chain([first], sources),
+                                                                         batch_size=batch_size)
         for encoded in encoded_images:
+            settle_deferred()
             sha256, stat = in_flight.pop(encoded.source)
-            record.image(encoded, sha256, [(Path(encoded.source), stat)] + copies.pop(sha256))
+            record.image(encoded, sha256, [(Path(encoded.source), stat)] + copies.pop(sha256, []))
+            recorded[sha256] = encoded.error if encoded.error is not None else len(encoded.faces)
+        settle_deferred()
     summary.seconds = time.perf_counter() - started
     return summary

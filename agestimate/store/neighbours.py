@@ -74,7 +74,7 @@ class StoreNeighbours:
         vectors = _embeddings_of(queries)
         if len(vectors) == 0 or not self._rows:
             return [[] for _ in range(len(vectors))]
-        similarities, face_ids = self.store.search(vectors, k, among=list(self._rows))
+        similarities, face_ids = self.store.search(vectors, k, among=self._labelled.face_id)
         labelled = self._labelled
         result = []
         for row_similarities, row_ids in zip(similarities, face_ids):

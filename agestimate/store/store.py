@@ -37,18 +37,9 @@ import numpy as np
 
 from agestimate.errors import StoreError
 from agestimate.faces.descriptors import EMBEDDING_DIM, Descriptor
-from agestimate.io.atomic import atomic_path
 from agestimate.io.labels import FaceLabel
-from agestimate.store.index import (
-    build_index,
-    check_kind,
-    describe,
-    index_kind,
-    needs_rebuild,
-    range_hits_among,
-    restricted_search,
-    tune_for_range,
-)
+from agestimate.store.codec import pack_faces, unpack_faces, unpack_vectors
+from agestimate.store.index import EmbeddingIndex, check_kind, describe
 
 if TYPE_CHECKING:  # for annotations only: the store reads faces, it never detects them
     from agestimate.faces.encoder import FaceDetection
@@ -200,15 +191,13 @@ class EmbeddingStore:
         self.descriptor = meta["descriptor"]
         self.dim = int(meta["dim"])
         self.feature_dim = int(meta["feature_dim"])
-        self._index: faiss.IndexIDMap2 | None = None
-        self._index_version: int | None = None  # the record version the loaded index shows
-        self._index_unsaved = False  # the loaded index differs from index.faiss
         self._faces_changed = False  # this process added or deleted faces
         self.index_kind = check_kind(index or self._meta("index") or "auto")
+        self._index = EmbeddingIndex(self.path / INDEX, kind=self.index_kind, dim=self.dim)
         if self.index_kind != (self._meta("index") or "auto"):  # a new choice: kept, and applied at close
             with self._db:
                 self._db.execute("INSERT OR REPLACE INTO meta VALUES ('index', ?)", (self.index_kind,))
-            self._index_unsaved = True
+            self._index.unsaved = True
 
     # -- the FAISS index -------------------------------------------------------------------
     def _meta(self, key: str) -> str | None:
@@ -225,62 +214,27 @@ class EmbeddingStore:
                          "ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1")
 
     @property
-    def index(self) -> faiss.IndexIDMap2:
-        """The FAISS index over the embeddings (inner product, keyed by face id), read on first use."""
+    def search_index(self) -> EmbeddingIndex:
+        """The `EmbeddingIndex` over the embeddings (keyed by face id), brought up to the record on use."""
         version = self._record_version()
-        if self._index is None or self._index_version != version:
-            self._index, self._index_version = self._load_index(version), version
+        if self._index.faiss is None or self._index.version != version:
+            count = self._db.execute("SELECT COUNT(*) FROM faces").fetchone()[0]
+            checked = self._index.load(version, count=count, saved_version=self._meta("index_version"),
+                                       read_record=self.embeddings, quiet=self._faces_changed)
+            if checked and self._record_version() == version:  # checked once: trusted from now on
+                self._mark_index_saved(version)
         return self._index
 
-    def _new_index(self, ids: np.ndarray, vectors: np.ndarray) -> faiss.IndexIDMap2:
-        """The index of `index_kind` over these faces: exact, or IVF trained on them (see `search_index`)."""
-        return build_index(vectors, ids, self.index_kind, dim=self.dim)
+    @property
+    def index(self) -> faiss.IndexIDMap2:
+        """The FAISS index over the embeddings (inner product, keyed by face id), read on first use."""
+        return self.search_index.faiss
 
-    def _load_index(self, version: int) -> faiss.IndexIDMap2:
-        """`index.faiss`, trusted if it was written at `version` and holds as many faces as the
-        record; else checked against the record (same ids, same vectors): faces added since join
-        it (an IVF index keeps its trained cells), any other difference rebuilds it."""
-        index_file = self.path / INDEX
-        count = self._db.execute("SELECT COUNT(*) FROM faces").fetchone()[0]
-        index, problem = None, None
-        if index_file.exists():
-            try:
-                index = faiss.read_index(str(index_file))
-            except RuntimeError as error:
-                problem = f"unreadable ({str(error).splitlines()[0]})"
-        if index is not None and needs_rebuild(index, self.index_kind):  # another kind, or outgrown
-            logger.info("%s: index is %s, the store asks for %s at %d faces; rebuilding it", index_file,
-                        describe(index), self.index_kind, count)
-            self._index_unsaved = True
-            return self._new_index(*self._all_embeddings())
-        if index is not None and self._meta("index_version") == str(version) and index.ntotal == count:
-            return index
-        ids, vectors = self._all_embeddings()
-        if index is None and problem is None:
-            problem = "missing" if len(ids) else None
-        elif index is not None:
-            stored_ids = faiss.vector_to_array(index.id_map)
-            known = len(stored_ids)
-            if not np.array_equal(stored_ids, ids[:known]):
-                problem = f"holds {known} faces, the record {len(ids)}"
-            elif known and not np.array_equal(index.index.reconstruct_n(0, known), vectors[:known]):
-                problem = "vectors differ from the record"
-            elif known < len(ids):  # only faces added since it was written
-                index.add_with_ids(vectors[known:], ids[known:])
-                if not needs_rebuild(index, self.index_kind):
-                    logger.debug("%s: %d faces added to the index's %d", index_file, len(ids) - known, known)
-                    self._index_unsaved = True
-                    return index
-                problem = f"outgrown: {describe(index)} at {len(ids)} faces"
-            else:
-                if self._record_version() == version:  # checked once: trusted from now on
-                    self._mark_index_saved(version)
-                return index
-        if problem:  # expected after this process changed the faces; news to a reader
-            logger.log(logging.DEBUG if self._faces_changed else logging.WARNING,
-                       "%s: index %s; rebuilding it from the record (%d faces)", index_file, problem, len(ids))
-        self._index_unsaved = self._index_unsaved or bool(problem)
-        return self._new_index(ids, vectors)
+    @property
+    def index_saved(self) -> bool:
+        """Whether `index.faiss` holds what this process's index holds (False after a rebuild or
+        additions not yet saved, or a new index choice not yet applied)."""
+        return not self._index.unsaved
 
     def _mark_index_saved(self, version: int) -> None:
         """Record that index.faiss shows the record at `version` (inside a transaction, or alone)."""
@@ -300,18 +254,17 @@ class EmbeddingStore:
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")  # no other process changes the faces until the file is written
             version = self._record_version()
-            index = self.index
-            if self._index_unsaved or self._meta("index_version") != str(version) or not (self.path / INDEX).exists():
-                with atomic_path(self.path / INDEX) as temporary:
-                    faiss.write_index(index, str(temporary))
+            index = self.search_index
+            if index.unsaved or self._meta("index_version") != str(version) or not (self.path / INDEX).exists():
+                index.save()
                 self._mark_index_saved(version)
-        self._index_unsaved = False
+        self._index.unsaved = False
 
-    def _all_embeddings(self) -> tuple[np.ndarray, np.ndarray]:
+    def embeddings(self) -> tuple[np.ndarray, np.ndarray]:
+        """(face ids, identity embeddings (n, dim)) of every face in the record, stale images' too, by face id."""
         rows = self._db.execute("SELECT id, embedding FROM faces ORDER BY id").fetchall()
         ids = np.array([row[0] for row in rows], dtype=np.int64)
-        vectors = np.frombuffer(b"".join(row[1] for row in rows), dtype=np.float32).reshape(-1, self.dim)
-        return ids, vectors
+        return ids, unpack_vectors([row[1] for row in rows], self.dim)
 
     # -- writing -----------------------------------------------------------------------------
     def file_status(self, path: Path, size: int, mtime_ns: int) -> tuple[str, str | None] | None:
@@ -324,6 +277,10 @@ class EmbeddingStore:
         """Number of faces stored for the image with this content, or None if it is not stored."""
         row = self._db.execute("SELECT n_faces FROM images WHERE sha256 = ?", (sha256,)).fetchone()
         return None if row is None else row[0]
+
+    def stored_images(self) -> dict[str, int]:
+        """{content SHA-256: number of faces} of every image in the record (see `image_faces`)."""
+        return dict(self._db.execute("SELECT sha256, n_faces FROM images"))
 
     def add_image(self, sha256: str, width: int, height: int, faces: list[FaceDetection], embeddings: np.ndarray,
                   features: np.ndarray) -> bool:
@@ -345,13 +302,10 @@ class EmbeddingStore:
                                         (sha256, width, height, len(faces))).rowcount
             if not inserted:
                 return False
-            for face_index, (face, vector, feature) in enumerate(zip(faces, embeddings, features)):
+            for face_index, row in enumerate(pack_faces(faces, embeddings, features).rows()):
                 self._db.execute(
                     "INSERT INTO faces (sha256, face_index, box, landmarks, score, method, embedding, features) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (sha256, face_index, np.asarray(face.box, np.float32).tobytes(), np.asarray(face.landmarks, np.float32).tobytes(),
-                     face.score, face.method, vector.tobytes(), feature.tobytes()),
-                )
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (sha256, face_index, *row))
             if faces:
                 self._bump_record_version()
                 self._faces_changed = True
@@ -431,7 +385,7 @@ class EmbeddingStore:
 
     def close(self) -> None:
         """Bring the index file up to date if the record changed, and close the record."""
-        if self._faces_changed or self._index_unsaved:
+        if self._faces_changed or self._index.unsaved:
             try:
                 self.save_index()
             except sqlite3.OperationalError as error:  # a read-only store: the next reader rebuilds it
@@ -484,15 +438,15 @@ class EmbeddingStore:
         def column(i, dtype, missing):
             return np.array([missing if v is None else v for v in columns[i]], dtype=dtype)
 
-        features = np.frombuffer(b"".join(columns[5]), dtype=np.float32).reshape(-1, self.feature_dim)
-        embedding = np.frombuffer(b"".join(columns[4]), dtype=np.float32).reshape(-1, self.dim)
+        stored = unpack_faces(columns[13], columns[14], columns[4], columns[5], dim=self.dim, feature_dim=self.feature_dim)
+        features, embedding = stored.features, stored.embedding
         return FaceRecords(
             face_id=column(0, np.int64, -1),
             sha256=column(1, object, ""),
             path=column(2, object, ""),
             face_index=column(3, np.int64, -1),
-            box=np.frombuffer(b"".join(columns[13]), dtype=np.float32).reshape(-1, 4).copy(),
-            landmarks=np.frombuffer(b"".join(columns[14]), dtype=np.float32).reshape(-1, 5, 2).copy(),
+            box=stored.box.copy(),
+            landmarks=stored.landmarks.copy(),
             embedding=embedding.copy(),
             features=(embedding.copy() if descriptor == "emb" and self.descriptor != "emb"
                       else features.copy() if columns_of_part is None else features[:, columns_of_part]),
@@ -510,15 +464,7 @@ class EmbeddingStore:
 
         among : only these face ids (e.g. the labelled faces); missing neighbours have id -1.
         """
-        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
-        index = self.index
-        if among is not None:
-            found = restricted_search(index, queries, k, among)
-            if found is not None:
-                return found
-        if hasattr(faiss, "index_cpu_to_gpu") and faiss.get_num_gpus() > 0:
-            index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
-        return index.search(queries, k)
+        return self.search_index.search(queries, k, among=among)
 
     def range_search(self, queries: np.ndarray, threshold: float, *, among=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every stored face with cosine >= `threshold` to each query, as FAISS gives them:
@@ -526,19 +472,7 @@ class EmbeddingStore:
 
         among : only these face ids.
         """
-        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
-        index = self.index
-        if index_kind(index) == "ivf":  # pairs this close need far fewer cells than nearest neighbours do
-            ivf = faiss.downcast_index(index.index)
-            nearest_neighbours_nprobe = ivf.nprobe
-            tune_for_range(index, index.index.reconstruct_n(0, index.ntotal), threshold)  # the stored vectors, in order
-            try:
-                limits, similarities, face_ids = index.range_search(queries, threshold)
-            finally:
-                ivf.nprobe = nearest_neighbours_nprobe
-        else:
-            limits, similarities, face_ids = index.range_search(queries, threshold)
-        return range_hits_among(limits, similarities, face_ids, among)
+        return self.search_index.range_search(queries, threshold, among=among)
 
     def summary(self) -> dict:
         """Counts of what the store holds: current images (those a file points at), their faces
@@ -579,6 +513,21 @@ class EmbeddingStore:
             } for name, known in (("labelled_faces", "(l.age IS NOT NULL OR l.gender IS NOT NULL)"),
                                   ("faces_with_age", "l.age IS NOT NULL"), ("faces_with_gender", "l.gender IS NOT NULL"))},
         }
+
+    def images_by_face_count(self) -> dict[int, int]:
+        """Current images (those a file points at) per number of faces found in them: {faces: images}."""
+        return dict(self._db.execute(
+            f"SELECT n_faces, COUNT(*) FROM images WHERE {CURRENT} GROUP BY n_faces ORDER BY n_faces").fetchall())
+
+    def duplicate_files(self) -> tuple[int, int]:
+        """Exact copies among the recorded files: (contents held by two or more files, files holding them)."""
+        return tuple(self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(n), 0) FROM (SELECT COUNT(*) AS n FROM files WHERE sha256 IS NOT NULL "
+            "GROUP BY sha256 HAVING n > 1)").fetchone())
+
+    def files(self) -> list[tuple[str, str, str | None]]:
+        """(path, status, error kind or None) of every recorded file, by path."""
+        return self._db.execute("SELECT path, status, kind FROM files ORDER BY path").fetchall()
 
     def errors(self) -> list[tuple[str, str, str]]:
         """(path, kind, reason) of every file that could not be embedded."""
