@@ -12,12 +12,16 @@ in the same recogniser pass.
     agestimate embed ../shared/data/utkface/images --labels ../shared/data/utkface/labels.csv --store utk.store
     python -m agestimate.training.branch --store utk.store --work branch.work --out agestimate/weights/branches/adapted.onnx
 
-The store gives the labelled faces and their landmarks (any descriptor will do). The branch
-learns from the UTKFace train split only, its epoch chosen on UTKFace val, so that FG-NET people
-stay unseen by it for the person-fold numbers of the heads trained on top. The file is pinned by
-SHA-256 in `agestimate.runtime.registry.REGISTRY`: a new branch needs the new pin (printed at the end), and
-stores embedded with the old one must be embedded again before the heads are retrained
-(`agestimate.training.default_model`).
+The stores give the labelled faces and their landmarks (any descriptor will do). The branch
+learns from the train splits of the stores given (``--store`` repeated: UTKFace, AAF, LFW; a face
+without an age trains only the gender head), its epoch chosen on their val splits; FG-NET is never
+given, so that its people stay unseen by it for the person-fold numbers of the heads trained on
+top. ``--start`` fine-tunes an existing branch instead of the pretrained stage. The shipped
+branch learnt from UTKFace alone (BENCHMARKS.md, issue 28: one trained on all three sets was
+not better overall). The file is pinned by SHA-256 in `agestimate.runtime.registry.REGISTRY`: a
+new branch needs the new pin (printed at the end), new int8 models
+(`agestimate.training.quantize`, which contain the branch), and stores embedded with the old
+one must be embedded again before the heads are retrained (`agestimate.training.default_model`).
 """
 
 from __future__ import annotations

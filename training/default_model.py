@@ -1,33 +1,41 @@
 """The recipe of the models shipped in `agestimate/weights/`: rerun it with one command.
 
-    agestimate embed ../shared/data/utkface/images --labels ../shared/data/utkface/labels.csv --store utk.store
-    agestimate embed ../shared/data/fgnet/images --labels fgnet --store fg.store
-    python -m agestimate.training.default_model --store utk.store --fgnet-store fg.store
+    D=../shared/data
+    agestimate embed $D/utkface/images --labels $D/utkface/labels.csv --store utk.store
+    agestimate embed $D/aaf/images --labels $D/aaf/labels.csv --store aaf.store
+    agestimate embed $D/lfw/images --labels $D/lfw/labels.csv --store lfw.store
+    agestimate embed $D/fgnet/images --labels $D/fgnet/labels.csv --store fg.store
+    python -m agestimate.training.default_model --store utk.store --store aaf.store --store lfw.store \
+        --fgnet-store fg.store [--models default] [--shuffles 3]
 
 The default descriptor includes the task branch `weights/branches/adapted.onnx`, trained before
 (and apart) from the heads by `python -m agestimate.training.branch` (see there); the stores are
 embedded with it.
 
-Trains EVR + gender + RAPL heads on the UTKFace train split plus all FG-NET people, with
-the default descriptor (`weights/default`, used by `agestimate.predict`), with `grid509` alone
-(`weights/frozen`: the pretrained recogniser's features, no branch) and on the plain
-512-d identity embedding (`weights/embedding`, for users who already have ArcFace embeddings).
-The default's heads take dropout 0.5, the others 0.3 (`MODELS`).
-FG-NET's training faces count four times per epoch (`REPEATS`). The epoch is chosen on
-UTKFace val plus a tenth of the FG-NET people held out, then the heads
-are trained again for that many epochs with those people added (`train(..., refit=True)`).
-Each model is calibrated (age intervals, gender temperature; `agestimate.heads.calibration`) on the
-UTKFace val split, which it never trains on. Each model card records the metrics on the
-UTKFace test split and, as FG-NET accuracy on people never seen, `eval --protocol folds
---shuffles 3` (5 person-grouped folds, each predicted by heads trained on UTKFace train and the
-other folds, the epoch chosen on UTKFace val and a tenth of those folds' people; the people
-dealt into folds three times, metrics over all three). The stores are made with the default
-backend (see `agestimate.runtime.sessions`), so the heads learn the features that prediction computes.
+Trains EVR + gender + RAPL heads on the train splits of UTKFace, All-Age-Faces (AAF) and LFW
+(gender only: its faces train the gender head, the age losses skip them) plus all FG-NET people
+(ages only), with the default descriptor (`weights/default`, used by `agestimate.predict`), with
+`grid509` alone (`weights/frozen`: the pretrained recogniser's features, no branch) and on the
+plain 512-d identity embedding (`weights/embedding`, for users who already have ArcFace
+embeddings); `--models` trains some of them only. The default's heads take dropout 0.5, the
+others 0.3 (`MODELS`). Faces per epoch per store: `REPEATS`. The epoch is chosen on the union of
+the val splits plus a tenth of the FG-NET people held out, then the heads are trained again for
+that many epochs with those people added (`train(..., refit=True)`). Each model is calibrated
+(age intervals, gender temperatures per band of predicted age; `agestimate.heads.calibration`) on
+the union of the val splits, which it never trains on. Each model card records the metrics on
+each set's test split (`metrics_by_source`) and, as FG-NET accuracy on people never seen,
+`eval --protocol folds --shuffles N` (5 person-grouped folds, each predicted by heads trained on
+the train splits and the other folds, the epoch chosen on the val splits and a tenth of those
+folds' people; the people dealt into folds `--shuffles` times, 3 by default, metrics over all).
+The stores are made with the default backend (see `agestimate.runtime.sessions`), so the heads
+learn the features that prediction computes.
 
 `weights/flip` (the default's heads on its features averaged with the mirrored crop's, two
 recogniser passes) is retrained when stores embedded with ``--descriptor grid509+adapted+flip``
-are given as ``--flip-store`` and ``--flip-fgnet-store``.
+are given as ``--flip-store`` (one per ``--store``) and ``--flip-fgnet-store``.
 
+The int8 face models (`weights/int8`, `agestimate.training.quantize`) do not depend on the
+heads: rerun that only when the branch changes.
 """
 
 from __future__ import annotations
@@ -58,7 +66,7 @@ SHUFFLES = 3
 # Training faces per epoch, per store in the order UTKFace, AAF, LFW, FG-NET: each FG-NET face is seen 4
 # times (495 photos beside 16,570 UTKFace faces: FG-NET person folds MAE 2.98 vs 3.19 once and 3.06 eight
 # times, UTKFace val unchanged; BENCHMARKS.md, issue 18); AAF's and LFW's chosen on the val splits (issue 28).
-REPEATS = (1, 1, 1, 4)
+REPEATS = (1, 2, 1, 4)
 LICENCE = ("heads trained on UTKFace, All-Age-Faces, LFW and FG-NET (each non-commercial research only); "
            "face models from insightface (non-commercial research only)")
 
