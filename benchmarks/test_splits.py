@@ -61,7 +61,7 @@ def main(argv=None) -> None:
     print(tables(results))
     folds = AgeGenderHeads.load(folder).card.get("metrics", {}).get("fgnet_person_folds")
     if folds is not None:
-        print(f"\nFG-NET, people never seen ({folds.get('shuffles', 1)} dealings of person folds, from the model card): "
+        print(f"\nFG-NET, people never seen (person folds dealt {folds.get('shuffles', 1)} times, from the model card): "
               f"MAE {folds['mae']:.3f}, CS@5 {100 * folds['cs5']:.1f}%, "
               + ", ".join(f"bias {label} {folds[key]:+.2f}" for label, key in zip(age_group_labels("bins10"),
                                                                                  decade_keys("bias")) if folds.get(key) is not None))

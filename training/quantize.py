@@ -92,13 +92,13 @@ def quantize_recogniser(crops: np.ndarray):
 
 def detector_inputs(crop_paths, photo_paths) -> list[np.ndarray]:
     """SCRFD's input blobs of images at the detector size the library gives them (see `FaceEncoder.detect`)."""
-    from agestimate.faces.encoder import _detector_size
+    from agestimate.faces.encoder import detector_size
 
     detector = load_model("detector", backend="onnxruntime")
     blobs = []
     for path in [*crop_paths, *photo_paths]:
         bgr = np.ascontiguousarray(load_image(path)[:, :, ::-1])
-        size = _detector_size(max(bgr.shape[:2]), 640)  # FaceEncoder's default det_size
+        size = detector_size(max(bgr.shape[:2]), 640)  # FaceEncoder's default det_size
         blobs.append(detector._prepare_input_blob(bgr, (size, size)))
     return blobs
 

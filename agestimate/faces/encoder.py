@@ -93,7 +93,7 @@ class EncodedImage:
         return self.error is None
 
 
-def _detector_size(side: int, limit: int) -> int:
+def detector_size(side: int, limit: int) -> int:
     """The detector input side for an image side: never upscale, multiples of 32."""
     return max(MIN_DETECTOR_SIZE, min(limit, 32 * math.ceil(side / 32)))
 
@@ -177,14 +177,14 @@ class FaceEncoder:
         max_faces, crops = self._options(max_faces, crops)
         bgr = np.ascontiguousarray(image[:, :, ::-1])
         height, width = bgr.shape[:2]
-        size = _detector_size(max(height, width), self.det_size)
-        for attempt_size in dict.fromkeys([size, _detector_size(size // 2, self.det_size)]):
+        size = detector_size(max(height, width), self.det_size)
+        for attempt_size in dict.fromkeys([size, detector_size(size // 2, self.det_size)]):
             boxes, landmarks = self._run_detector(bgr, attempt_size)
             if len(boxes):
                 return self._keep_largest(boxes, landmarks, "detected", max_faces)
         pad = int(PAD_FRACTION * max(height, width))
         padded = cv2.copyMakeBorder(bgr, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
-        boxes, landmarks = self._run_detector(padded, _detector_size(max(padded.shape[:2]), self.det_size))
+        boxes, landmarks = self._run_detector(padded, detector_size(max(padded.shape[:2]), self.det_size))
         if len(boxes):
             boxes[:, :4] -= pad
             return self._keep_largest(boxes, landmarks - pad, "padded", max_faces)
