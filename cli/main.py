@@ -178,7 +178,7 @@ def info(store, as_json, report, threshold, prune):
         click.echo(f"{key}: {value}")
 
 
-def _head_options(epochs, seed, no_rapl, no_gender, dropout):
+def _head_options(epochs, seed, no_rapl, no_gender, dropout, child_gender_weight):
     try:
         from agestimate.training.fit import HeadOptions
     except ImportError as error:  # torch is a training-only extra
@@ -189,6 +189,8 @@ def _head_options(epochs, seed, no_rapl, no_gender, dropout):
         changes["epochs"] = epochs
     if dropout is not None:
         changes["dropout"] = dropout
+    if child_gender_weight is not None:
+        changes["child_gender_weight"] = child_gender_weight
     try:
         return HeadOptions(**changes)
     except ValueError as error:  # e.g. RAPL with --epochs 1
@@ -210,6 +212,8 @@ _training_options = [
     click.option("--seed", type=int, default=0, show_default=True),
     click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=None,
                  help="Dropout in the heads (default: 0.3; the shipped default model, 4096 features, uses 0.5)."),
+    click.option("--child-gender-weight", type=click.FloatRange(0, min_open=True), default=None,
+                 help="Weight of faces under 13 in the gender loss (default: 1; the shipped default model uses 3)."),
     click.option("--no-rapl", is_flag=True, help="Train without the RAPL position head."),
     click.option("--no-gender", is_flag=True, help="Train without the gender head."),
     click.option("--device", default=None, help="torch device, e.g. cpu or cuda (default: cuda when available)."),
@@ -253,11 +257,11 @@ def training_options(function):
               help="Leave out training faces with a near-duplicate (identity cosine >= this) in val or test.")
 @click.option("--json", "as_json", is_flag=True, help="Print the model card's metrics as JSON.")
 @_fail_cleanly
-def train(store, out, descriptor, epochs, seed, dropout, no_rapl, no_gender, device, augment_with, repeats, val_fraction,
-          refit, exclude_label_outliers, exclude_near_duplicates, as_json):
+def train(store, out, descriptor, epochs, seed, dropout, child_gender_weight, no_rapl, no_gender, device, augment_with,
+          repeats, val_fraction, refit, exclude_label_outliers, exclude_near_duplicates, as_json):
     """Train the age and gender heads (EVR + gender + RAPL) on one store or several; needs the train extra."""
     _check_repeats(repeats, store)
-    options = _head_options(epochs, seed, no_rapl, no_gender, dropout)
+    options = _head_options(epochs, seed, no_rapl, no_gender, dropout, child_gender_weight)
     from agestimate.training.protocols import train as train_heads
 
     card = train_heads(list(store), out, descriptor=descriptor, options=options, device=device, progress=True,
@@ -288,18 +292,18 @@ def train(store, out, descriptor, epochs, seed, dropout, no_rapl, no_gender, dev
 @click.option("--exclude-near-duplicates", type=float, default=None,
               help="Also measure without the faces that have a near-duplicate (identity cosine >= this) in the train split.")
 @_fail_cleanly
-def evaluate(store, model, split, protocol, folds, shuffles, descriptor, epochs, seed, dropout, no_rapl, no_gender, device,
-             augment_with, repeats, as_json, report, exclude_near_duplicates):
+def evaluate(store, model, split, protocol, folds, shuffles, descriptor, epochs, seed, dropout, child_gender_weight, no_rapl,
+             no_gender, device, augment_with, repeats, as_json, report, exclude_near_duplicates):
     """Measure a model on a store: MAE, CS@5, 1CoA, gender accuracy, MAE and bias per decade, per-group MAE."""
-    if protocol == "split" and (descriptor or epochs or dropout is not None or no_rapl or no_gender or device
-                                or augment_with != "none" or repeats or shuffles != 1):
-        raise click.UsageError("--descriptor, --epochs, --dropout, --no-rapl, --no-gender, --device, --augment, "
-                               "--repeats and --shuffles apply to --protocol lopo and folds only")
+    if protocol == "split" and (descriptor or epochs or dropout is not None or child_gender_weight is not None
+                                or no_rapl or no_gender or device or augment_with != "none" or repeats or shuffles != 1):
+        raise click.UsageError("--descriptor, --epochs, --dropout, --child-gender-weight, --no-rapl, --no-gender, --device, "
+                               "--augment, --repeats and --shuffles apply to --protocol lopo and folds only")
     if protocol in ("lopo", "folds") and (model or exclude_near_duplicates is not None or split != "test"):
         raise click.UsageError("--model, --split and --exclude-near-duplicates apply to --protocol split only")
     if protocol in ("lopo", "folds"):
         _check_repeats(repeats, store)
-        options = _head_options(epochs, seed, no_rapl, no_gender, dropout)
+        options = _head_options(epochs, seed, no_rapl, no_gender, dropout, child_gender_weight)
         from agestimate.training.protocols import person_folds
 
         result = person_folds(list(store), folds=None if protocol == "lopo" else folds, descriptor=descriptor,
@@ -361,7 +365,7 @@ def calibrate(model, stores, splits, as_json):
 @_fail_cleanly
 def ablation(store, descriptor, seeds, epochs, device, as_json):
     """The RAPL paper's Table 3 on a store: FC, EVR, EVR+GP, EVR+RAPL, EVR+RAPL+GP over seeds."""
-    options = _head_options(epochs, 0, False, False, None)
+    options = _head_options(epochs, 0, False, False, None, None)
     from agestimate.training.protocols import ablation as run_ablation
 
     rows = run_ablation(store, descriptor=descriptor, seeds=[int(s) for s in seeds.split(",")], options=options,

@@ -137,6 +137,22 @@ def test_gender_loss_ignores_unknown_labels():
     assert gender_loss(logits.requires_grad_(), nothing_known).item() == 0.0
 
 
+def test_gender_loss_weights_samples():
+    gender = torch.tensor([0, 1, -1, 1])
+    logits = torch.randn(4, 2, generator=torch.Generator().manual_seed(1))
+    each = torch.nn.functional.cross_entropy(logits[[0, 1, 3]], gender[[0, 1, 3]], reduction="none")
+    weight = torch.tensor([3.0, 1.0, 5.0, 1.0])  # the unknown sample's weight counts for nothing
+    assert torch.allclose(gender_loss(logits, gender, weight), (each * torch.tensor([3.0, 1.0, 1.0])).sum() / 5)
+    assert torch.allclose(gender_loss(logits, gender, torch.ones(4)), gender_loss(logits, gender))
+
+
+def test_child_gender_weight_changes_training_only_where_asked(fitted):
+    with pytest.raises(ValueError, match="child_gender_weight"):
+        HeadOptions(child_gender_weight=0)
+    weighted = train(HeadOptions(**{**vars(FAST), "child_gender_weight": 4.0}))
+    assert weighted.history[0]["train_gender_loss"] != fitted.history[0]["train_gender_loss"]
+
+
 def test_distribution_sharpening_losses(fitted):
     grid = torch.arange(11, dtype=torch.float32)
     point, spread = torch.zeros(1, 11), torch.full((1, 11), 1 / 11)

@@ -139,11 +139,13 @@ def test_eval_json_report_and_lopo(trained, tmp_path):
                                           abs=1e-5)
 
 
-def test_train_with_cae_augmentation_and_dropout_records_them(trained, tmp_path):
+def test_train_with_cae_augmentation_dropout_and_child_gender_weight_records_them(trained, tmp_path):
     store, _, _ = trained
-    run("train", "--store", store, "--out", tmp_path / "cae", "--epochs", "2", "--augment", "cae", "--dropout", "0.5")
+    run("train", "--store", store, "--out", tmp_path / "cae", "--epochs", "2", "--augment", "cae", "--dropout", "0.5",
+        "--child-gender-weight", "3")
     card = json.loads((tmp_path / "cae" / "model.json").read_text())
     assert card["augmentation"] == "cae" and card["options"]["dropout"] == 0.5
+    assert card["options"]["child_gender_weight"] == 3.0
 
 
 def test_ablation_prints_the_five_variants(trained):

@@ -11,10 +11,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from agestimate.evaluation.metrics import GENDER_BANDS
+
 from .heads import UNKNOWN_GENDER, AgeGenderNet, joint_loss
 from .references import encode_age_positions, select_references
 
 logger = logging.getLogger(__name__)
+
+CHILD_AGE = GENDER_BANDS[-1]  # 13: `HeadOptions.child_gender_weight` weighs the faces the reports call children
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,10 @@ class HeadOptions:
     distribution_weight, distribution_sigma : float
         Weight (0: off) of the label distribution loss, and the width in years of its
         Gaussian target around each true age.
+    child_gender_weight : float
+        Weight in the gender loss of the faces under `CHILD_AGE` (13) years, the others 1:
+        a child's face carries less gender signal and children are few, so their share of
+        the gender loss is raised (faces of unknown age weigh 1).
     seed : int
         Seed for initialisation, shuffling and dropout.
     """
@@ -76,6 +84,7 @@ class HeadOptions:
     variance_weight: float = 0.0
     distribution_weight: float = 0.0
     distribution_sigma: float = 2.0
+    child_gender_weight: float = 1.0
     seed: int = 0
 
     def __post_init__(self):
@@ -85,6 +94,8 @@ class HeadOptions:
             raise ValueError(f"RAPL needs epochs >= 2 (epoch 1 has no references), got epochs={self.epochs}")
         if (self.variance_weight or self.distribution_weight) and self.regression != "evr":
             raise ValueError("variance_weight and distribution_weight shape the EVR age distribution: regression='evr'")
+        if self.child_gender_weight <= 0:
+            raise ValueError(f"child_gender_weight must be positive, got {self.child_gender_weight}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be positive, got {self.epochs} and {self.batch_size}")
 
@@ -179,10 +190,10 @@ def _predict(model: AgeGenderNet, X: np.ndarray, *, batch_size: int, device: tor
 def _train_epoch(model, optimizer, batches, data, saved, *, options: HeadOptions) -> dict[str, float]:
     """One pass of mini-batch training; saves each sample's features F and expected age for Algorithm 1.
 
-    ``data`` is (X, ages, genders, positions) and ``saved`` is (features (K, c), ages (K,)),
+    ``data`` is (X, ages, genders, positions, gender weights or None) and ``saved`` is (features (K, c), ages (K,)),
     filled in place. Returns the mean ``train_loss`` and its parts over the batches.
     """
-    X, ages, genders, positions = data
+    X, ages, genders, positions, gender_weights = data
     saved_features, saved_ages = saved
     model.train()
     sums = {}
@@ -190,7 +201,8 @@ def _train_epoch(model, optimizer, batches, data, saved, *, options: HeadOptions
         outputs = model(X[batch])
         loss, parts = joint_loss(outputs, ages[batch], genders[batch], positions[batch], lam=options.lam, mu=options.mu,
                                  variance_weight=options.variance_weight, distribution_weight=options.distribution_weight,
-                                 distribution_sigma=options.distribution_sigma, age_grid=model.age_grid)
+                                 distribution_sigma=options.distribution_sigma, age_grid=model.age_grid,
+                                 gender_weight=None if gender_weights is None else gender_weights[batch])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -285,6 +297,8 @@ def fit_heads(
     ages = torch.from_numpy(age_train).to(device)
     genders = torch.from_numpy(gender_train).to(device)
     positions = torch.from_numpy(positions).to(device)
+    gender_weights = None if options.child_gender_weight == 1 else torch.from_numpy(
+        np.where(age_train < CHILD_AGE, options.child_gender_weight, 1.0).astype(np.float32)).to(device)  # NaN < 13: False
     saved_features = torch.zeros(len(X), options.hidden, device=device)
     saved_ages = torch.zeros(len(X), device=device)
     aged = torch.from_numpy(aged).to(device)  # the references are faces with an age
@@ -300,7 +314,7 @@ def fit_heads(
         lr = optimizer.param_groups[0]["lr"]
         order = torch.randperm(len(X), generator=shuffle).to(device)
         train_losses = _train_epoch(
-            model, optimizer, order.split(options.batch_size), (X, ages, genders, positions),
+            model, optimizer, order.split(options.batch_size), (X, ages, genders, positions, gender_weights),
             (saved_features, saved_ages), options=options,
         )
         scheduler.step()

@@ -176,7 +176,7 @@ def age_loss(age_pred: torch.Tensor, age_true: torch.Tensor) -> torch.Tensor:
     return F.l1_loss(age_pred[known], age_true[known])
 
 
-def gender_loss(gender_logits: torch.Tensor, gender: torch.Tensor) -> torch.Tensor:
+def gender_loss(gender_logits: torch.Tensor, gender: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy (Eq. 3) over the samples with a known gender.
 
     Parameters
@@ -185,6 +185,8 @@ def gender_loss(gender_logits: torch.Tensor, gender: torch.Tensor) -> torch.Tens
         Logits for [male, female].
     gender : Tensor of int64, shape (b,)
         0 male, 1 female, -1 unknown: unknown samples add nothing, not even to the count.
+    weight : Tensor, shape (b,), optional
+        Each sample's weight: the loss is then the weighted mean over the known samples.
 
     Returns
     -------
@@ -194,7 +196,10 @@ def gender_loss(gender_logits: torch.Tensor, gender: torch.Tensor) -> torch.Tens
     known = gender != UNKNOWN_GENDER
     if not known.any():
         return gender_logits.sum() * 0.0
-    return F.cross_entropy(gender_logits[known], gender[known])
+    if weight is None:
+        return F.cross_entropy(gender_logits[known], gender[known])
+    losses = F.cross_entropy(gender_logits[known], gender[known], reduction="none")
+    return (losses * weight[known]).sum() / weight[known].sum()
 
 
 def position_loss(position_logits: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
@@ -234,6 +239,7 @@ def joint_loss(
     distribution_weight: float = 0.0,
     distribution_sigma: float = 2.0,
     age_grid: torch.Tensor | None = None,
+    gender_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Joint loss L_age + lam * L_gender + mu * L_position (Eq. 8), plus, where their weights
     are not 0, the variance term of the mean-variance loss (`variance_loss`) and the label
@@ -253,6 +259,8 @@ def joint_loss(
         True gender, -1 for unknown.
     position : Tensor of int64, shape (b,)
         True age positions, -1 for unknown.
+    gender_weight : Tensor, shape (b,), optional
+        Weights of the samples in the gender loss (`gender_loss`).
 
     Returns
     -------
@@ -264,7 +272,7 @@ def joint_loss(
     total = age_loss(outputs["age"], age)
     parts = {"age": total.item()}
     if "gender_logits" in outputs:
-        term = gender_loss(outputs["gender_logits"], gender)
+        term = gender_loss(outputs["gender_logits"], gender, gender_weight)
         total = total + lam * term
         parts["gender"] = term.item()
     if "position_logits" in outputs:
