@@ -57,11 +57,12 @@ WEIGHTS = DEFAULT_MODEL.parent  # agestimate/weights of the checkout (or install
 # Each model's descriptor and head options. The default's 4096 features take more dropout than the
 # 0.3 measured on the 512-d embedding: UTKFace val MAE 4.208/4.203 at 0.5 against 4.238/4.244 at 0.3
 # (seeds 0/1); grid509 alone 4.345 against 4.322, the embedding 5.36 against 4.89 (BENCHMARKS.md, issue 18).
-# Children's faces weigh 3 in the gender loss (issue 28, val splits, seeds 0-2 against 1): gender UTKFace
+# WIDE_OPTIONS, the heads over the default's features (alone or flip-averaged): children's faces weigh 3 in
+# the gender loss (issue 28, val splits, seeds 0-2 against 1): gender UTKFace
 # 94.99% / 94.78%, under 10 76.4% / 75.1%, AAF 96.81% / 96.37%, under 13 85.8% / 82.5%, val MAE unchanged
 # (UTKFace 4.169 / 4.176, AAF 4.355 / 4.353). Children repeated 3 times instead moved UTKFace MAE to 4.199,
 # and the gender loss weighed 2 for every face was unstable (UTKFace val MAE 4.454 with seed 1).
-WIDE_OPTIONS = HeadOptions(dropout=0.5, child_gender_weight=3.0)  # heads over the default's features, alone or flip-averaged
+WIDE_OPTIONS = HeadOptions(dropout=0.5, child_gender_weight=3.0)
 MODELS = {"default": (DEFAULT_DESCRIPTOR, WIDE_OPTIONS), "frozen": ("grid509", HeadOptions()),
           "embedding": ("emb", HeadOptions()), "flip": (f"{DEFAULT_DESCRIPTOR}+flip", WIDE_OPTIONS)}
 FOLDS = 5  # person-grouped folds of FG-NET for the card

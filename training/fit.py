@@ -202,7 +202,7 @@ def _train_epoch(model, optimizer, batches, data, saved, *, options: HeadOptions
         loss, parts = joint_loss(outputs, ages[batch], genders[batch], positions[batch], lam=options.lam, mu=options.mu,
                                  variance_weight=options.variance_weight, distribution_weight=options.distribution_weight,
                                  distribution_sigma=options.distribution_sigma, age_grid=model.age_grid,
-                                 gender_weight=None if gender_weights is None else gender_weights[batch])
+                                 gender_sample_weights=None if gender_weights is None else gender_weights[batch])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -297,8 +297,8 @@ def fit_heads(
     ages = torch.from_numpy(age_train).to(device)
     genders = torch.from_numpy(gender_train).to(device)
     positions = torch.from_numpy(positions).to(device)
-    gender_weights = None if options.child_gender_weight == 1 else torch.from_numpy(
-        np.where(age_train < CHILD_AGE, options.child_gender_weight, 1.0).astype(np.float32)).to(device)  # NaN < 13: False
+    gender_weights = None if options.child_gender_weight == 1 else torch.from_numpy(  # NaN < 13 is False: weight 1
+        np.where(age_train < CHILD_AGE, options.child_gender_weight, 1.0).astype(np.float32)).to(device)
     saved_features = torch.zeros(len(X), options.hidden, device=device)
     saved_ages = torch.zeros(len(X), device=device)
     aged = torch.from_numpy(aged).to(device)  # the references are faces with an age

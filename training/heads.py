@@ -239,7 +239,7 @@ def joint_loss(
     distribution_weight: float = 0.0,
     distribution_sigma: float = 2.0,
     age_grid: torch.Tensor | None = None,
-    gender_weight: torch.Tensor | None = None,
+    gender_sample_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Joint loss L_age + lam * L_gender + mu * L_position (Eq. 8), plus, where their weights
     are not 0, the variance term of the mean-variance loss (`variance_loss`) and the label
@@ -259,7 +259,7 @@ def joint_loss(
         True gender, -1 for unknown.
     position : Tensor of int64, shape (b,)
         True age positions, -1 for unknown.
-    gender_weight : Tensor, shape (b,), optional
+    gender_sample_weights : Tensor, shape (b,), optional
         Weights of the samples in the gender loss (`gender_loss`).
 
     Returns
@@ -272,7 +272,7 @@ def joint_loss(
     total = age_loss(outputs["age"], age)
     parts = {"age": total.item()}
     if "gender_logits" in outputs:
-        term = gender_loss(outputs["gender_logits"], gender, gender_weight)
+        term = gender_loss(outputs["gender_logits"], gender, gender_sample_weights)
         total = total + lam * term
         parts["gender"] = term.item()
     if "position_logits" in outputs:
