@@ -146,7 +146,7 @@ def test_gender_loss_weights_samples():
     assert torch.allclose(gender_loss(logits, gender, torch.ones(4)), gender_loss(logits, gender))
 
 
-def test_child_gender_weight_changes_training_only_where_asked(fitted):
+def test_child_gender_weight_is_positive_and_changes_training(fitted):
     with pytest.raises(ValueError, match="child_gender_weight"):
         HeadOptions(child_gender_weight=0)
     weighted = train(HeadOptions(**{**vars(FAST), "child_gender_weight": 4.0}))

@@ -17,8 +17,9 @@ Trains EVR + gender + RAPL heads on the train splits of UTKFace, All-Age-Faces (
 (ages only), with the default descriptor (`weights/default`, used by `agestimate.predict`), with
 `grid509` alone (`weights/frozen`: the pretrained recogniser's features, no branch) and on the
 plain 512-d identity embedding (`weights/embedding`, for users who already have ArcFace
-embeddings); `--models` trains some of them only. The default's heads take dropout 0.5 and
-weigh the faces under 13 three times in the gender loss, the others dropout 0.3 (`MODELS`).
+embeddings); `--models` trains some of them only. The heads over the default's features (`default`,
+`flip`) take dropout 0.5 and weigh the faces under 13 three times in the gender loss, `frozen`'s
+and `embedding`'s dropout 0.3 and weight 1 (`MODELS`).
 Faces per epoch per store: `REPEATS`. The epoch is chosen on the union of the val splits plus a
 tenth of the FG-NET people held out, then the heads are trained again for that many epochs with
 those people added (`train(..., refit=True)`). Each model is calibrated
